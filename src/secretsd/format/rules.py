@@ -1,0 +1,173 @@
+"""The secrets.d contract: which names and values a folder may hold.
+
+Everything here is pure (no I/O) so the writer, the control plane, the CLI
+and the Python loader share one definition. ``docs/format.md`` is the prose
+version of this module; keep them in step.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_DIR = "/configs/secrets.d"
+DEFAULT_UID = 1000
+DEFAULT_GID = 1000
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+#: The loader's own file: never a secret.
+LOADER_NAME = "load.sh"
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_NAME_BYTES = 255
+
+#: Linux MAX_ARG_STRLEN: one ``NAME=value\0`` string must fit, or every later
+#: exec of the process fails with E2BIG.
+MAX_ENV_STRING = 131072
+
+#: Default budget for the whole folder (sum of ``NAME=value\0``), well under
+#: ARG_MAX so the agent keeps room for its own environment and argv.
+DEFAULT_TOTAL_BUDGET = 1024 * 1024
+
+#: Names that change how shells, the loader or the dynamic linker behave.
+#: Glob patterns. The loaders (shell and Python) refuse the same list.
+DEFAULT_RESERVED: tuple[str, ...] = (
+    "IFS",
+    "PS1",
+    "PS2",
+    "PS4",
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "CDPATH",
+    "GLOBIGNORE",
+    "PATH",
+    "HOME",
+    "SHELL",
+    "PWD",
+    "OLDPWD",
+    "LD_*",
+    "SECRETSD_*",
+)
+
+
+class FormatError(ValueError):
+    """A name or value breaks the contract. Carries the key, never the value."""
+
+    def __init__(self, key: str, reason: str, *, too_large: bool = False) -> None:
+        self.key = key
+        self.reason = reason
+        self.too_large = too_large
+        super().__init__(f"{safe_key(key)}: {reason}")
+
+
+def safe_key(key: str) -> str:
+    """A printable, bounded rendering of a possibly hostile key for messages."""
+    shown = key if len(key) <= 80 else key[:77] + "..."
+    return repr(shown) if not NAME_RE.fullmatch(shown) else shown
+
+
+def fingerprint(value: bytes) -> str:
+    """First 8 hex digits of sha256: safe to log, never the value."""
+    return hashlib.sha256(value).hexdigest()[:8]
+
+
+def env_string_size(name: str, value: bytes) -> int:
+    """Bytes one variable takes in the kernel's environment block."""
+    return len(name.encode()) + 1 + len(value) + 1
+
+
+def is_ignored_silently(name: str) -> bool:
+    """Dotfiles (the writer's generations, ``..data``) and the loader itself."""
+    return name.startswith(".") or name == LOADER_NAME
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The checks a writer applies. Defaults are the documented contract."""
+
+    reserved: tuple[str, ...] = DEFAULT_RESERVED
+    total_budget: int = DEFAULT_TOTAL_BUDGET
+    max_env_string: int = MAX_ENV_STRING
+
+    def is_reserved(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pat) for pat in self.reserved)
+
+    def check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise FormatError(str(name), "empty name")
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise FormatError(name, f"name longer than {MAX_NAME_BYTES} bytes")
+        if not NAME_RE.fullmatch(name):
+            raise FormatError(name, "invalid name: must match ^[A-Za-z_][A-Za-z0-9_]*$")
+        if self.is_reserved(name):
+            raise FormatError(name, "reserved name: it changes how shells, the loader or the dynamic linker behave")
+
+    def check_value(self, name: str, value: bytes) -> None:
+        if b"\0" in value:
+            raise FormatError(name, "value contains a NUL byte")
+        size = env_string_size(name, value)
+        if size > self.max_env_string:
+            raise FormatError(
+                name,
+                f"value too large: NAME=value takes {size} bytes, limit {self.max_env_string}",
+                too_large=True,
+            )
+
+    def check(self, name: str, value: bytes) -> None:
+        self.check_name(name)
+        self.check_value(name, value)
+
+    def check_total(self, env: Mapping[str, bytes]) -> None:
+        total = sum(env_string_size(k, v) for k, v in env.items())
+        if total > self.total_budget:
+            raise FormatError(
+                "*",
+                f"folder total {total} bytes exceeds the budget of {self.total_budget} bytes",
+                too_large=True,
+            )
+
+    def problems(self, env: Mapping[str, bytes]) -> list[FormatError]:
+        """Every problem in ``env`` (not just the first), for batch validation."""
+        found: list[FormatError] = []
+        for name, value in env.items():
+            try:
+                self.check(name, value)
+            except FormatError as exc:
+                found.append(exc)
+        return found
+
+
+def encode_value(name: str, value: str | bytes) -> bytes:
+    """API values are text: they must be well-formed UTF-8 (no lone surrogates)."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(name, "value is not well-formed UTF-8") from None
+
+
+def loadable_names(names: Iterable[str], rules: Rules | None = None) -> tuple[list[str], list[str]]:
+    """Split directory entries into (exported, skipped-with-warning).
+
+    Dotfiles and ``load.sh`` are in neither list: they are ignored silently.
+    """
+    rules = rules or Rules()
+    ok: list[str] = []
+    bad: list[str] = []
+    for name in names:
+        if is_ignored_silently(name):
+            continue
+        try:
+            rules.check_name(name)
+        except FormatError:
+            bad.append(name)
+        else:
+            ok.append(name)
+    return sorted(ok), sorted(bad)

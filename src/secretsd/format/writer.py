@@ -1,0 +1,749 @@
+"""The secrets.d writer: atomic, durable, symlink-safe, serialised.
+
+Layout it maintains (the Kubernetes Secret-volume layout, so one loader
+reads both)::
+
+    secrets.d/                 0700 owner
+      load.sh                  the loader (0644: it holds no secret)
+      ..data -> ..gen-00000042 the current generation, swapped by rename
+      ..gen-00000042/          0700 owner, one complete set of values
+        GITHUB_TOKEN           0600 owner, the raw value
+      GITHUB_TOKEN -> ..data/GITHUB_TOKEN
+
+Every change, one key or a batch, is a new generation: write every file of
+the new set into a fresh folder, fsync, then point ``..data`` at it with a
+single ``rename``. A reader resolves ``..data`` once and so sees the whole
+old set or the whole new one. A crash at any instant leaves either the old
+``..data`` (the half-written folder is an orphan that recovery removes) or
+the new one (recovery finishes the link bookkeeping).
+
+Security: this runs as root on the host while the workspace can write to
+the same folder. Every operation works through a file descriptor of the
+folder, opened component by component with ``O_NOFOLLOW`` below a trusted
+``base``; files are created with ``O_EXCL | O_NOFOLLOW``; links and
+folders planted by the workspace are replaced by ``rename`` (which never
+follows) or removed with fd-relative calls. Nothing outside the folder is
+written, chmod'ed or chown'ed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from secretsd.format.rules import (
+    DEFAULT_GID,
+    DEFAULT_UID,
+    DIR_MODE,
+    FILE_MODE,
+    LOADER_NAME,
+    FormatError,
+    Rules,
+    fingerprint,
+    is_ignored_silently,
+    safe_key,
+)
+
+DATA = "..data"
+DATA_TMP = "..data_tmp"
+GEN_PREFIX = "..gen-"
+TMP_PREFIX = "..tmp-"
+LOADER_MODE = 0o644
+LOADER_VERSION_TAG = b"# secretsd-load-version: "
+
+#: A superseded generation stays this long so that a reader that resolved it
+#: just before the swap can finish; ``MAX_OLD_GENERATIONS`` caps the count
+#: under a burst of writes (the loader retries if one vanishes mid-read).
+DEFAULT_GRACE = 5.0
+MAX_OLD_GENERATIONS = 32
+
+
+class SecretsDirError(Exception):
+    """Base of the writer's errors. Messages name keys, never values."""
+
+
+class WriteError(SecretsDirError):
+    def __init__(self, key: str | None, reason: str, err: int | None = None) -> None:
+        self.key = key
+        self.reason = reason
+        self.errno = err
+        where = f"{safe_key(key)}: " if key else ""
+        super().__init__(f"{where}{reason}")
+
+
+class ConflictError(SecretsDirError):
+    def __init__(self, key: str, expected: str | None, actual: str | None) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{safe_key(key)}: conflict: expected {expected or 'absent'}, found {actual or 'absent'}"
+        )
+
+
+class NotFound(SecretsDirError, KeyError):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"{safe_key(key)}: no such secret")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class LockTimeout(SecretsDirError):
+    pass
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What ``list`` shows: everything but the value."""
+
+    name: str
+    size: int
+    sha8: str
+    mtime: float
+    mode: int
+    uid: int
+    gid: int
+    source: str  # "generation" or "file" (a hand-made regular file)
+
+
+def _oserror(key: str | None, action: str, exc: OSError) -> WriteError:
+    code = errno.errorcode.get(exc.errno or 0, "E?")
+    return WriteError(key, f"cannot {action}: {os.strerror(exc.errno or 0)} ({code})", exc.errno)
+
+
+def loader_source() -> bytes:
+    return resources.files("secretsd.format").joinpath("sh/load.sh").read_bytes()
+
+
+def _loader_version(data: bytes) -> int:
+    for line in data.splitlines()[:5]:
+        if line.startswith(LOADER_VERSION_TAG):
+            try:
+                return int(line[len(LOADER_VERSION_TAG):].strip())
+            except ValueError:
+                return 0
+    return 0
+
+
+def _gen_seq(name: str) -> int | None:
+    if name.startswith(GEN_PREFIX):
+        tail = name[len(GEN_PREFIX):]
+        if tail.isdigit():
+            return int(tail)
+    return None
+
+
+# Writers in this process also take a thread lock: flock() is per open file
+# description, which already serialises threads, but the lock keeps the
+# common case cheap and fair.
+_process_locks: dict[str, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _thread_lock(key: str) -> threading.Lock:
+    with _process_locks_guard:
+        return _process_locks.setdefault(key, threading.Lock())
+
+
+class SecretsDir:
+    """One secrets.d folder. Safe to use from many threads and processes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        base: str | os.PathLike[str] | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        rules: Rules | None = None,
+        lock_timeout: float = 30.0,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        self.path = Path(os.path.abspath(path))
+        self.base = Path(os.path.abspath(base)) if base is not None else self.path.parent
+        if self.path == self.base or self.base not in self.path.parents:
+            raise ValueError(f"{self.path} is not below {self.base}")
+        root = os.geteuid() == 0
+        self.uid = uid if uid is not None else (DEFAULT_UID if root else os.geteuid())
+        self.gid = gid if gid is not None else (DEFAULT_GID if root else os.getegid())
+        self.rules = rules or Rules()
+        self.lock_timeout = lock_timeout
+        self.grace = grace
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------------ open
+
+    def _open_dir(self, create: bool) -> int:
+        """Open the folder without following any link below ``base``."""
+        try:
+            fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _oserror(None, f"open {self.base}", exc) from None
+        parts = self.path.relative_to(self.base).parts
+        try:
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                if create:
+                    try:
+                        os.mkdir(part, DIR_MODE if last else 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    nfd = os.open(
+                        part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                    )
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise WriteError(
+                            None, f"refusing {self.base.joinpath(*parts[: i + 1])}: not a real folder (a link?)"
+                        ) from None
+                    if exc.errno == errno.ENOENT:
+                        raise NotFound(str(self.path)) from None
+                    raise _oserror(None, f"open {self.path}", exc) from None
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextmanager
+    def _locked(self, create: bool = True) -> Iterator[int]:
+        """Folder fd, exclusively locked (flock on the folder itself)."""
+        tlock = _thread_lock(str(self.path))
+        if not tlock.acquire(timeout=self.lock_timeout):
+            raise LockTimeout(f"{self.path}: another writer holds the lock")
+        try:
+            fd = self._open_dir(create)
+            try:
+                deadline = time.monotonic() + self.lock_timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise LockTimeout(f"{self.path}: another writer holds the lock") from None
+                        time.sleep(0.002)
+                self._fix_attrs(fd, None, DIR_MODE)
+                yield fd
+            finally:
+                os.close(fd)  # closing releases the flock
+        finally:
+            tlock.release()
+
+    # ------------------------------------------------------------ primitives
+
+    def _fix_attrs(self, fd: int, key: str | None, mode: int) -> None:
+        """Mode and owner on the open fd: immune to umask and to link games."""
+        try:
+            st = os.fstat(fd)
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+            if (st.st_uid, st.st_gid) != (self.uid, self.gid):
+                os.fchown(fd, self.uid, self.gid)
+        except PermissionError as exc:
+            if os.geteuid() == 0:
+                raise _oserror(key, "set mode/owner", exc) from None
+            # Unprivileged: can't chown to someone else; mode still fixed.
+
+    def _write_file(self, dir_fd: int, name: str, data: bytes, mode: int, key: str) -> None:
+        # O_EXCL|O_NOFOLLOW: we only ever write files we just created.
+        fd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd
+        )
+        try:
+            self._fix_attrs(fd, key, mode)
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _read_file(self, dir_fd: int, name: str) -> bytes | None:
+        """Bytes of a regular file, never through a link; None if unusable."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None  # a fifo or device planted to hang or trick us
+            if st.st_size > self.rules.max_env_string:
+                self.warnings.append(f"{name}: larger than {self.rules.max_env_string} bytes, skipped")
+                return None
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _fsync_dir(fd: int) -> None:
+        os.fsync(fd)
+
+    def _scan(self, fd: int) -> tuple[str | None, list[os.DirEntry[str]]]:
+        entries = list(os.scandir(fd))
+        try:
+            target = os.readlink(DATA, dir_fd=fd)
+        except OSError:
+            target = None
+        if target is not None and ("/" in target or not target.startswith("..") or target in (DATA, DATA_TMP)):
+            target = None  # a planted link pointing anywhere else is not ours
+        return target, entries
+
+    def _generation_values(self, fd: int, gen: str | None) -> dict[str, bytes]:
+        values: dict[str, bytes] = {}
+        if gen is None:
+            return values
+        try:
+            gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            return values
+        try:
+            for ent in os.scandir(gfd):
+                if is_ignored_silently(ent.name):
+                    continue
+                try:
+                    self.rules.check_name(ent.name)
+                except FormatError:
+                    continue
+                data = self._read_file(gfd, ent.name)
+                if data is not None:
+                    values[ent.name] = data
+        finally:
+            os.close(gfd)
+        return values
+
+    def _hand_files(self, entries: list[os.DirEntry[str]], fd: int) -> dict[str, bytes]:
+        """Regular files at the top: hand-made or hand-replaced secrets."""
+        values: dict[str, bytes] = {}
+        for ent in entries:
+            if is_ignored_silently(ent.name) or ent.is_symlink() or not ent.is_file(follow_symlinks=False):
+                continue
+            try:
+                self.rules.check_name(ent.name)
+            except FormatError:
+                continue
+            data = self._read_file(fd, ent.name)
+            if data is not None:
+                values[ent.name] = data
+        return values
+
+    def _current(self, fd: int) -> tuple[str | None, dict[str, bytes], dict[str, bytes]]:
+        gen, entries = self._scan(fd)
+        return gen, self._generation_values(fd, gen), self._hand_files(entries, fd)
+
+    # ------------------------------------------------------------- recovery
+
+    def _recover(self, fd: int) -> list[str]:
+        """Finish or undo whatever a killed writer left. Called under the lock."""
+        done: list[str] = []
+        gen, entries = self._scan(fd)
+        names = {e.name: e for e in entries}
+        if DATA_TMP in names:
+            os.unlink(DATA_TMP, dir_fd=fd)
+            done.append(f"removed {DATA_TMP}")
+        if DATA in names and gen is None:
+            # Not a link into this folder: never follow it, set it aside.
+            self._remove(fd, DATA)
+            done.append(f"removed foreign {DATA}")
+        cur_seq = _gen_seq(gen) if gen else None
+        for name, ent in names.items():
+            seq = _gen_seq(name)
+            orphan = name.startswith(TMP_PREFIX) or (
+                seq is not None and name != gen and (cur_seq is None or seq > cur_seq)
+            )
+            if orphan:
+                self._remove(fd, name)
+                done.append(f"removed unfinished {name}")
+        keys = set(self._generation_values(fd, gen)) if gen else set()
+        for name, ent in names.items():
+            if is_ignored_silently(name):
+                continue
+            if ent.is_symlink():
+                try:
+                    target = os.readlink(name, dir_fd=fd)
+                except OSError:
+                    continue
+                ours = target == f"{DATA}/{name}"
+                if ours and name not in keys:
+                    os.unlink(name, dir_fd=fd)
+                    done.append(f"removed stale link {name}")
+                elif not ours:
+                    os.unlink(name, dir_fd=fd)
+                    done.append(f"removed foreign link {name}")
+        for key in sorted(keys):
+            if key not in names:
+                self._link(fd, key)
+                done.append(f"restored link {key}")
+        if done:
+            self._fsync_dir(fd)
+        done += self._collect(fd)
+        return done
+
+    def _remove(self, fd: int, name: str) -> None:
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=fd)  # fd-based, never follows links
+        else:
+            os.unlink(name, dir_fd=fd)
+
+    def _collect(self, fd: int) -> list[str]:
+        """Remove superseded generations once no reader can still need them."""
+        gen, entries = self._scan(fd)
+        cur = _gen_seq(gen) if gen else None
+        if cur is None:
+            return []
+        old = sorted(
+            (seq, e) for e in entries if (seq := _gen_seq(e.name)) is not None and seq < cur
+        )
+        if not old:
+            return []
+        now = time.time()
+        # A generation was superseded when its successor was written.
+        successors = [e for _, e in old[1:]] + [next(e for e in entries if e.name == gen)]
+        removed = []
+        for i, ((_, ent), succ) in enumerate(zip(old, successors, strict=True)):
+            try:
+                since = now - succ.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                since = self.grace + 1
+            too_many = len(old) - i > MAX_OLD_GENERATIONS
+            if since > self.grace or too_many:
+                self._remove(fd, ent.name)
+                removed.append(f"collected {ent.name}")
+        return removed
+
+    # ---------------------------------------------------------- the commit
+
+    def _link(self, fd: int, key: str) -> None:
+        """Point KEY at ``..data/KEY`` by renaming a fresh link over it."""
+        tmp = f"{TMP_PREFIX}link-{key}"
+        try:
+            os.unlink(tmp, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        try:
+            os.symlink(f"{DATA}/{key}", tmp, dir_fd=fd)
+            self._chown_link(fd, tmp)
+            os.rename(tmp, key, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError as exc:
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                pass
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise WriteError(key, "cannot replace: a folder is in the way") from None
+            raise _oserror(key, "link", exc) from None
+
+    def _chown_link(self, fd: int, name: str) -> None:
+        if os.geteuid() == 0:
+            os.chown(name, self.uid, self.gid, dir_fd=fd, follow_symlinks=False)
+
+    def _commit(self, fd: int, old_gen: str | None, old_keys: set[str], new: Mapping[str, bytes]) -> None:
+        """Write ``new`` as the next generation and swap it in.
+
+        Order matters for readers and for crash recovery:
+        1. the new generation folder is written and fsync'ed completely;
+        2. links for added keys are created (dangling into the old set, so a
+           reader of the old generation never sees them);
+        3. ``..data`` is swapped by one rename (the commit point);
+        4. links of removed keys are deleted.
+        """
+        _, entries = self._scan(fd)
+        seqs = [s for e in entries if (s := _gen_seq(e.name)) is not None]
+        gen = f"{GEN_PREFIX}{max(seqs, default=0) + 1:08d}"
+        key_now: str | None = None
+        try:
+            os.mkdir(gen, DIR_MODE, dir_fd=fd)
+            gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                self._fix_attrs(gfd, None, DIR_MODE)
+                for key_now, value in new.items():
+                    self._write_file(gfd, key_now, value, FILE_MODE, key_now)
+                key_now = None
+                self._fsync_dir(gfd)
+            finally:
+                os.close(gfd)
+            self._fsync_dir(fd)
+        except OSError as exc:
+            self._remove(fd, gen)
+            raise _oserror(key_now or next(iter(new), None), "write", exc) from None
+        except BaseException:
+            self._remove(fd, gen)
+            raise
+        added = [k for k in new if k not in old_keys]
+        try:
+            for key in added:
+                self._link(fd, key)
+            self._swap(fd, gen)
+        except BaseException:
+            # Not committed: undo the links and the folder; old set stays.
+            for key in added:
+                try:
+                    if os.readlink(key, dir_fd=fd) == f"{DATA}/{key}":
+                        os.unlink(key, dir_fd=fd)
+                except OSError:
+                    pass
+            self._remove(fd, gen)
+            raise
+        for key in old_keys - set(new):
+            try:
+                os.unlink(key, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+        self._fsync_dir(fd)
+
+    def _swap(self, fd: int, gen: str) -> None:
+        try:
+            os.unlink(DATA_TMP, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        try:
+            os.symlink(gen, DATA_TMP, dir_fd=fd)
+            self._chown_link(fd, DATA_TMP)
+            os.rename(DATA_TMP, DATA, src_dir_fd=fd, dst_dir_fd=fd)  # the commit point
+        except OSError as exc:
+            raise _oserror(None, "swap generation", exc) from None
+        self._fsync_dir(fd)
+
+    def _ensure_loader(self, fd: int) -> None:
+        src = loader_source()
+        cur = self._read_file(fd, LOADER_NAME)
+        if cur is not None and _loader_version(cur) >= _loader_version(src):
+            try:
+                st = os.stat(LOADER_NAME, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st and stat.S_IMODE(st.st_mode) == LOADER_MODE and (st.st_uid, st.st_gid) == (self.uid, self.gid):
+                return
+        tmp = f"{TMP_PREFIX}{LOADER_NAME}"
+        self._remove(fd, tmp)
+        try:
+            self._write_file(fd, tmp, src, LOADER_MODE, LOADER_NAME)
+            os.rename(tmp, LOADER_NAME, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError as exc:
+            self._remove(fd, tmp)
+            raise _oserror(LOADER_NAME, "install", exc) from None
+        self._fsync_dir(fd)
+
+    def _change(
+        self,
+        update: Mapping[str, bytes] | None = None,
+        delete: Iterable[str] = (),
+        *,
+        replace: bool = False,
+        expected: Mapping[str, str | None] | None = None,
+        missing_ok: bool = True,
+    ) -> None:
+        update = dict(update or {})
+        delete = list(delete)
+        problems = self.rules.problems(update)
+        if problems:
+            raise problems[0]
+        with self._locked(create=True) as fd:
+            self._recover(fd)
+            self._ensure_loader(fd)
+            gen, gen_values, hand = self._current(fd)
+            if hand:
+                # Adopt hand-made files into a generation first, values
+                # unchanged, so that the real change below is one swap.
+                adopted = {**gen_values, **hand}
+                self._commit(fd, gen, set(gen_values), adopted)
+                for key in hand:
+                    self._link(fd, key)
+                self._fsync_dir(fd)
+                gen, gen_values, hand = self._current(fd)
+            current = gen_values
+            for key, want in (expected or {}).items():
+                have = current.get(key)
+                have_fp = hashlib.sha256(have).hexdigest() if have is not None else None
+                if want is None and have_fp is None:
+                    continue
+                if want is None or have_fp is None or not have_fp.startswith(want.lower()):
+                    raise ConflictError(key, want, have_fp[:8] if have_fp else None)
+            if replace:
+                new = dict(update)
+            else:
+                for key in delete:
+                    if key not in current and not missing_ok:
+                        raise NotFound(key)
+                new = {k: v for k, v in current.items() if k not in set(delete)}
+                new.update(update)
+            self.rules.check_total(new)
+            if new == current and gen is not None and not self._drifted(fd, gen):
+                return  # nothing to do; still durable
+            self._commit(fd, gen, set(current), new)
+            self._collect(fd)
+
+    def _drifted(self, fd: int, gen: str) -> bool:
+        """Mode, owner or type of the current generation changed by someone."""
+        try:
+            gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            return True
+        try:
+            st = os.fstat(gfd)
+            if stat.S_IMODE(st.st_mode) != DIR_MODE or (st.st_uid, st.st_gid) != (self.uid, self.gid):
+                return True
+            for ent in os.scandir(gfd):
+                st = ent.stat(follow_symlinks=False)
+                if (
+                    not stat.S_ISREG(st.st_mode)
+                    or st.st_nlink != 1
+                    or stat.S_IMODE(st.st_mode) != FILE_MODE
+                    or (st.st_uid, st.st_gid) != (self.uid, self.gid)
+                ):
+                    return True
+        finally:
+            os.close(gfd)
+        return False
+
+    # ------------------------------------------------------------ public API
+
+    def init(self) -> None:
+        """Create the folder (0700) and install or upgrade load.sh."""
+        with self._locked(create=True) as fd:
+            self._recover(fd)
+            self._ensure_loader(fd)
+
+    def set(self, name: str, value: bytes, *, expected: str | None | type[Ellipsis] = ...) -> None:
+        """Set one key. ``expected``: sha256 hex prefix it must replace, or None for "absent"."""
+        exp = None if expected is ... else {name: expected}
+        self._change({name: value}, expected=exp)
+
+    def apply(
+        self,
+        set: Mapping[str, bytes] | None = None,  # noqa: A002 - reads well at call sites
+        delete: Iterable[str] = (),
+        *,
+        expected: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """All-or-nothing batch. Deleting an absent key is not an error here."""
+        self._change(set, delete, expected=expected)
+
+    def replace_all(self, env: Mapping[str, bytes]) -> None:
+        """Make the folder hold exactly ``env`` (materialisation from a store)."""
+        self._change(env, replace=True)
+
+    def delete(self, *names: str) -> None:
+        """Delete keys atomically; NotFound if any is absent (nothing deleted)."""
+        self._change(None, names, missing_ok=False)
+
+    def repair(self) -> list[str]:
+        """Recover from a killed writer, fix drift, reinstall load.sh."""
+        with self._locked(create=False) as fd:
+            done = self._recover(fd)
+            self._ensure_loader(fd)
+            gen, gen_values, hand = self._current(fd)
+            if gen is not None and self._drifted(fd, gen):
+                self._commit(fd, gen, set(gen_values), gen_values)
+                done.append("rewrote generation to fix mode/owner drift")
+            return done
+
+    def read_all(self) -> dict[str, bytes]:
+        """The set a loader would export now (generation, then hand files)."""
+        fd = self._open_dir(create=False)
+        try:
+            gen, gen_values, hand = self._current(fd)
+            return {**gen_values, **hand}
+        finally:
+            os.close(fd)
+
+    def get(self, name: str) -> bytes:
+        values = self.read_all()
+        if name not in values:
+            raise NotFound(name)
+        return values[name]
+
+    def list(self) -> list[Entry]:
+        fd = self._open_dir(create=False)
+        try:
+            gen, entries = self._scan(fd)
+            out: dict[str, Entry] = {}
+            if gen is not None:
+                try:
+                    gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError:
+                    gfd = None
+                if gfd is not None:
+                    try:
+                        out.update(self._entries(gfd, list(os.scandir(gfd)), "generation"))
+                    finally:
+                        os.close(gfd)
+            out.update(
+                self._entries(fd, [e for e in entries if not e.is_symlink() and e.is_file(follow_symlinks=False)], "file")
+            )
+            return [out[k] for k in sorted(out)]
+        finally:
+            os.close(fd)
+
+    def _entries(self, dir_fd: int, entries: list[os.DirEntry[str]], source: str) -> dict[str, Entry]:
+        out = {}
+        for ent in entries:
+            if is_ignored_silently(ent.name):
+                continue
+            try:
+                self.rules.check_name(ent.name)
+            except FormatError:
+                continue
+            data = self._read_file(dir_fd, ent.name)
+            if data is None:
+                continue
+            st = ent.stat(follow_symlinks=False)
+            out[ent.name] = Entry(
+                ent.name, len(data), fingerprint(data), st.st_mtime, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, source
+            )
+        return out
+
+    def skipped_names(self) -> list[str]:
+        """Names on disk that loaders skip with a warning (not valid names)."""
+        fd = self._open_dir(create=False)
+        try:
+            gen, entries = self._scan(fd)
+            names = {e.name for e in entries if not e.is_symlink()}
+            if gen is not None:
+                try:
+                    gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError:
+                    gfd = None
+                if gfd is not None:
+                    try:
+                        names |= set(os.listdir(gfd))
+                    finally:
+                        os.close(gfd)
+            out = []
+            for n in names:
+                if is_ignored_silently(n):
+                    continue
+                try:
+                    self.rules.check_name(n)
+                except FormatError:
+                    out.append(n)
+            return sorted(out)
+        finally:
+            os.close(fd)

@@ -1,0 +1,270 @@
+"""Core CLI commands over one secrets.d folder: init, set, rm, ls, get,
+doctor, repair, exec. Messages name keys, never values."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, NoReturn
+
+import click
+
+from secretsd.format.doctor import diagnose
+from secretsd.format.loader import load_into
+from secretsd.format.rules import DEFAULT_DIR, FormatError, encode_value
+from secretsd.format.writer import ConflictError, NotFound, SecretsDir, SecretsDirError
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the writer's errors into one line and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FormatError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except (NotFound, ConflictError) as exc:
+            fail(str(exc))
+        except SecretsDirError as exc:
+            fail(str(exc))
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+
+    return wrapper
+
+
+dir_option = click.option(
+    "--dir",
+    "folder",
+    envvar="SECRETSD_DIR",
+    default=DEFAULT_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The secrets.d folder (env SECRETSD_DIR).",
+)
+owner_options = [
+    click.option("--uid", type=int, envvar="SECRETSD_UID", help="Owner uid (default 1000 as root)."),
+    click.option("--gid", type=int, envvar="SECRETSD_GID", help="Owner gid (default 1000 as root)."),
+]
+
+
+def with_owner(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(owner_options):
+        fn = opt(fn)
+    return fn
+
+
+def open_dir(folder: str, uid: int | None = None, gid: int | None = None) -> SecretsDir:
+    return SecretsDir(folder, uid=uid, gid=gid)
+
+
+def _read_source(path: str) -> bytes:
+    """Bytes from a file or '-' (stdin), exactly as they are."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE)
+
+
+@click.command("init")
+@dir_option
+@with_owner
+@handle_errors
+def init_cmd(folder: str, uid: int | None, gid: int | None) -> None:
+    """Create the folder (0700) and install or upgrade load.sh in it."""
+    open_dir(folder, uid, gid).init()
+    click.echo(f"initialised {folder}", err=True)
+
+
+@click.command("set")
+@click.argument("key", required=False)
+@click.argument("value", required=False)
+@click.option("--from-file", "from_file", type=click.Path(dir_okay=False), help="Read the value from a file, byte-exact.")
+@click.option("--from-json", "from_json", help="Set a batch from a JSON object {NAME: value} in FILE or - (stdin), all or nothing.")
+@click.option("--expect", help="sha256 hex prefix of the value this write replaces ('absent' for a new key); refuse on mismatch.")
+@dir_option
+@with_owner
+@handle_errors
+def set_cmd(
+    key: str | None,
+    value: str | None,
+    from_file: str | None,
+    from_json: str | None,
+    expect: str | None,
+    folder: str,
+    uid: int | None,
+    gid: int | None,
+) -> None:
+    """Set KEY to VALUE, to a file's bytes (--from-file), to stdin (VALUE '-'),
+    or set a batch with --from-json.
+
+    VALUE on the command line is visible in the process list: prefer '-' or
+    --from-file for real secrets.
+    """
+    sd = open_dir(folder, uid, gid)
+    if from_json is not None:
+        if key or value or from_file:
+            fail("--from-json takes no KEY, VALUE or --from-file", EXIT_USAGE)
+        raw = _read_source(from_json)
+        try:
+            doc = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            fail(f"{from_json}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else 'bad encoding'})", EXIT_USAGE)
+        if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+            fail(f"{from_json}: expected a JSON object of names to string values", EXIT_USAGE)
+        batch = {k: encode_value(k, v) for k, v in doc.items()}
+        problems = sd.rules.problems(batch)
+        if problems:
+            for p in problems:
+                click.echo(f"error: {p}", err=True)
+            sys.exit(EXIT_USAGE)
+        sd.apply(batch)
+        click.echo(f"set {len(batch)} keys: {', '.join(sorted(batch))}", err=True)
+        return
+    if not key:
+        fail("missing KEY (or use --from-json)", EXIT_USAGE)
+    if from_file is not None:
+        if value is not None:
+            fail("give VALUE or --from-file, not both", EXIT_USAGE)
+        data = _read_source(from_file)
+    elif value == "-":
+        data = sys.stdin.buffer.read()
+    elif value is not None:
+        data = os.fsencode(value)
+    else:
+        fail(f"{key}: missing VALUE (use '-' for stdin or --from-file)", EXIT_USAGE)
+    if expect is None:
+        sd.set(key, data)
+    else:
+        sd.set(key, data, expected=None if expect == "absent" else expect)
+    click.echo(f"set {key}", err=True)
+
+
+@click.command("rm")
+@click.argument("keys", nargs=-1, required=True)
+@dir_option
+@with_owner
+@handle_errors
+def rm_cmd(keys: tuple[str, ...], folder: str, uid: int | None, gid: int | None) -> None:
+    """Delete KEYS, all or nothing (fails if any is absent)."""
+    open_dir(folder, uid, gid).delete(*keys)
+    click.echo(f"removed {', '.join(keys)}", err=True)
+
+
+@click.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@dir_option
+@handle_errors
+def ls_cmd(as_json: bool, folder: str) -> None:
+    """List secrets: name, size, sha256 prefix, mtime, mode, owner. Never values."""
+    entries = open_dir(folder).list()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "size": e.size,
+                        "sha256": e.sha8,
+                        "mtime": e.mtime,
+                        "mode": f"{e.mode:04o}",
+                        "uid": e.uid,
+                        "gid": e.gid,
+                        "source": e.source,
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("NAME", "SIZE", "SHA256", "MODIFIED", "MODE", "OWNER"):
+        table.add_column(col, justify="right" if col == "SIZE" else "left")
+    import datetime as _dt
+
+    for e in entries:
+        when = _dt.datetime.fromtimestamp(e.mtime).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(e.name, str(e.size), e.sha8, when, f"{e.mode:04o}", f"{e.uid}:{e.gid}")
+    Console().print(table)
+
+
+@click.command("get")
+@click.argument("key")
+@dir_option
+@handle_errors
+def get_cmd(key: str, folder: str) -> None:
+    """Print KEY's value, byte-exact, to stdout (for the owner on the host)."""
+    data = open_dir(folder).get(key)
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@dir_option
+@with_owner
+@handle_errors
+def doctor_cmd(as_json: bool, folder: str, uid: int | None, gid: int | None) -> None:
+    """Check the folder: modes, owners, load.sh, names, sizes, leftovers.
+
+    Exit 1 when an error is found, 0 when only warnings (or nothing).
+    """
+    findings = diagnose(open_dir(folder, uid, gid))
+    if as_json:
+        click.echo(json.dumps([f.as_dict() for f in findings], indent=2))
+    else:
+        for f in findings:
+            click.echo(f"{f.severity}: {f.message}", err=f.severity != "ok")
+        if not findings:
+            click.echo(f"ok: {folder} is healthy")
+    if any(f.severity == "error" for f in findings):
+        sys.exit(EXIT_FAILURE)
+
+
+@click.command("repair")
+@dir_option
+@with_owner
+@handle_errors
+def repair_cmd(folder: str, uid: int | None, gid: int | None) -> None:
+    """Finish or undo a killed write, fix mode/owner drift, reinstall load.sh."""
+    done = open_dir(folder, uid, gid).repair()
+    for line in done:
+        click.echo(line, err=True)
+    click.echo(f"repaired {folder}: {len(done)} change(s)", err=True)
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@dir_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(folder: str, command: tuple[str, ...]) -> None:
+    """Load the folder into the environment, then exec COMMAND.
+
+    secretsd exec -- agent-runtime --serve
+    """
+    load_into(None, folder)
+    try:
+        os.execvp(command[0], list(command))
+    except OSError as exc:
+        fail(f"cannot exec {command[0]}: {exc.strerror}", 127 if exc.errno == 2 else 126)
+
+
+core_commands = [init_cmd, set_cmd, rm_cmd, ls_cmd, get_cmd, doctor_cmd, repair_cmd, exec_cmd]

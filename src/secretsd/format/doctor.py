@@ -1,0 +1,89 @@
+"""Health checks for one secrets.d folder. Findings name keys, never values."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import asdict, dataclass
+
+from secretsd.format.rules import DIR_MODE, FILE_MODE, LOADER_NAME, env_string_size
+from secretsd.format.writer import (
+    DATA,
+    GEN_PREFIX,
+    TMP_PREFIX,
+    SecretsDir,
+    SecretsDirError,
+    _loader_version,
+    loader_source,
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "error" | "warning"
+    code: str
+    message: str
+    key: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+
+def _attrs(path: str, want_mode: int, sd: SecretsDir, what: str, code: str) -> list[Finding]:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return []
+    out = []
+    if stat.S_IMODE(st.st_mode) != want_mode:
+        out.append(Finding("error", code, f"{what}: mode {stat.S_IMODE(st.st_mode):04o}, want {want_mode:04o}"))
+    if (st.st_uid, st.st_gid) != (sd.uid, sd.gid):
+        out.append(Finding("error", code, f"{what}: owner {st.st_uid}:{st.st_gid}, want {sd.uid}:{sd.gid}"))
+    return out
+
+
+def diagnose(sd: SecretsDir) -> list[Finding]:
+    root = str(sd.path)
+    if os.path.islink(root):
+        return [Finding("error", "NOT_A_FOLDER", f"{root} is a symlink; the writer refuses it")]
+    if not os.path.isdir(root):
+        return [Finding("error", "MISSING", f"{root} does not exist (run `secretsd init`)")]
+    out: list[Finding] = _attrs(root, DIR_MODE, sd, root, "DRIFT")
+    loader = os.path.join(root, LOADER_NAME)
+    if not os.path.isfile(loader) or os.path.islink(loader):
+        out.append(Finding("error", "NO_LOADER", f"{LOADER_NAME} missing (run `secretsd init`)"))
+    else:
+        with open(loader, "rb") as fh:
+            have = _loader_version(fh.read(4096))
+        if have < _loader_version(loader_source()):
+            out.append(Finding("warning", "OLD_LOADER", f"{LOADER_NAME} is version {have}, this secretsd ships {_loader_version(loader_source())}"))
+    try:
+        entries = sd.list()
+    except SecretsDirError as exc:
+        return out + [Finding("error", "UNREADABLE", str(exc))]
+    gen = os.path.join(root, DATA)
+    if os.path.isdir(gen):
+        out += _attrs(os.path.realpath(gen), DIR_MODE, sd, f"{DATA} generation", "DRIFT")
+    total = 0
+    for e in entries:
+        path = os.path.join(root, e.name)
+        out += _attrs(os.path.realpath(path), FILE_MODE, sd, e.name, "DRIFT")
+        value = sd.get(e.name)
+        total += env_string_size(e.name, value)
+        if value.endswith(b"\n"):
+            out.append(Finding("warning", "TRAILING_NEWLINE", f"{e.name}: value ends with a newline (it is part of the value)", e.name))
+        if b"\r" in value:
+            out.append(Finding("warning", "CARRIAGE_RETURN", f"{e.name}: value contains CR (it is part of the value)", e.name))
+        if e.source == "file":
+            out.append(Finding("warning", "HAND_FILE", f"{e.name}: hand-made file, adopted at the next write", e.name))
+    for name in sd.skipped_names():
+        out.append(Finding("warning", "BAD_NAME", f"{name!r}: not a valid variable name or reserved; loaders skip it"))
+    if total > sd.rules.total_budget:
+        out.append(Finding("error", "OVER_BUDGET", f"folder total {total} bytes exceeds the budget of {sd.rules.total_budget}"))
+    leftovers = [n for n in os.listdir(root) if n.startswith(TMP_PREFIX) or n == "..data_tmp"]
+    for name in leftovers:
+        out.append(Finding("warning", "LEFTOVER", f"{name}: left by an interrupted write (run `secretsd repair`)"))
+    gens = [n for n in os.listdir(root) if n.startswith(GEN_PREFIX)]
+    if len(gens) > 40:
+        out.append(Finding("warning", "GENERATIONS", f"{len(gens)} generations kept (run `secretsd repair`)"))
+    return out

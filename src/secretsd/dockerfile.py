@@ -50,10 +50,19 @@ class Command:
     exec_form: bool
     raw: str
     line: int
+    end_line: int = 0  # last line of the instruction (continuations); 0 = same as line
 
     def resolved_argv(self, shell: tuple[str, ...]) -> tuple[str, ...]:
         """The argv Docker runs: shell form goes through ``SHELL``."""
         return self.argv if self.exec_form else (*shell, self.raw)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``RUN`` in shell form (its text) or exec form (argv)."""
+
+    text: str
+    line: int  # 1-based
 
 
 @dataclass
@@ -67,6 +76,7 @@ class ImageSpec:
     copies: list[Copy] = field(default_factory=list)
     entrypoint: Command | None = None
     cmd: Command | None = None
+    runs: list[Run] = field(default_factory=list)  # final stage, in order
 
     def start_argv(self) -> tuple[str, ...]:
         """ENTRYPOINT + CMD combined as Docker does. Empty when neither is set."""
@@ -87,16 +97,16 @@ class ImageSpec:
         return out
 
 
-def _parse_command(value: str, line: int) -> Command:
+def _parse_command(value: str, line: int, end_line: int = 0) -> Command:
     text = value.strip()
     if text.startswith("["):
         try:
             argv = json.loads(text)
             if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
-                return Command(tuple(argv), True, text, line)
+                return Command(tuple(argv), True, text, line, end_line or line)
         except json.JSONDecodeError:
             pass  # Docker treats malformed JSON as shell form, so do we.
-    return Command(tuple(_split(text)), False, text, line)
+    return Command(tuple(_split(text)), False, text, line, end_line or line)
 
 
 def _split(text: str) -> list[str]:
@@ -117,6 +127,7 @@ def parse(path: str | Path, *, text: str | None = None) -> ImageSpec:
         ins = item["instruction"].upper()
         value = item["value"]
         line = item["startline"] + 1
+        end_line = item["endline"] + 1
         if ins == "FROM":
             # A new stage starts afresh: only the last one is the image.
             spec = ImageSpec(path=path, base_image=value.split()[0] if value else None)
@@ -135,10 +146,14 @@ def parse(path: str | Path, *, text: str | None = None) -> ImageSpec:
             if cp:
                 spec.copies.append(cp)
         elif ins == "ENTRYPOINT":
-            spec.entrypoint = _parse_command(value, line)
-            spec.cmd = None  # Docker resets CMD inherited before ENTRYPOINT
+            # Docker drops a CMD inherited from the base image here, but keeps
+            # one set earlier in this stage (moby/buildkit `cmdSet`); an
+            # inherited CMD is never in spec.cmd, so nothing to reset.
+            spec.entrypoint = _parse_command(value, line, end_line)
         elif ins == "CMD":
-            spec.cmd = _parse_command(value, line)
+            spec.cmd = _parse_command(value, line, end_line)
+        elif ins == "RUN":
+            spec.runs.append(Run(value.strip(), line))
     return spec
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ def make_engine(url: str, *, pool_size: int = 16) -> Engine:
     kw: dict[str, Any] = {"hide_parameters": True, "future": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(parsed.database)
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # SQLite gives -wal and -shm the main file's mode: create it 0600.
+            os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))
             kw.update(pool_size=pool_size, max_overflow=pool_size * 2, pool_timeout=60)
         kw["connect_args"] = {"check_same_thread": False, "timeout": 60}
         engine = create_engine(url, **kw)

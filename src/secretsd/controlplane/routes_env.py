@@ -1,0 +1,235 @@
+"""Secrets routes, per workspace and global. Write-only: no route returns a value."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Request
+
+from secretsd.controlplane import runtime_hook
+from secretsd.controlplane.context import ControlPlane, actor_of, get_cp, iso
+from secretsd.controlplane.errors import ApiError, SafeJSONResponse
+from secretsd.controlplane.hosts import HostError
+from secretsd.controlplane.schemas import (
+    WORKSPACE_ID_PATTERN,
+    DeleteResult,
+    EnvPush,
+    PushResult,
+    Rollback,
+    SecretInfo,
+    SecretList,
+    VersionInfo,
+    VersionList,
+)
+from secretsd.controlplane.service import WriteResult
+from secretsd.format.rules import FormatError
+from secretsd.store import GLOBAL, Change
+
+router = APIRouter(tags=["secrets"])
+
+WsId = Annotated[str, Path(pattern=WORKSPACE_ID_PATTERN, description="workspace id")]
+Name = Annotated[str, Path(max_length=1024, description="variable name")]
+IdemKey = Annotated[
+    str | None,
+    Header(max_length=255, pattern=r"^[\x21-\x7e]+$", description="makes retries safe: same key and body, same answer"),
+]
+CP = Annotated[ControlPlane, Depends(get_cp)]
+
+WS = "/cp/admin/workspaces/{workspace_id}/env"
+GL = "/cp/admin/env"
+
+
+def _label(owner: str) -> str | None:
+    return owner or None
+
+
+def _failure_status(failures: dict[str, HostError]) -> int:
+    return 503 if all(f.transient for f in failures.values()) else 502
+
+
+def _failure_text(failures: dict[str, HostError]) -> str:
+    parts = [str(f) for _, f in sorted(failures.items())[:5]]
+    more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
+    return "stored, but the folder write failed (pending; the next materialisation applies it): " + "; ".join(parts) + more
+
+
+def _check_name(cp: ControlPlane, name: str) -> None:
+    try:
+        cp.service.rules.check_name(name)
+    except FormatError as exc:
+        raise ApiError(400, exc.reason, key=name) from None
+
+
+def _restart_all(cp: ControlPlane, workspaces: list[str], mode: str) -> None:
+    for ws in workspaces:
+        cp.service.materialise(ws)
+        runtime_hook.call(cp.runtime.restart, ws, mode)  # type: ignore[union-attr]
+
+
+def _push(cp: ControlPlane, owner: str, body: EnvPush, request: Request, idem: str | None) -> Any:
+    actor = actor_of(request)
+    if owner != GLOBAL:
+        cp.store.get_workspace(owner)  # 404 before anything else
+    if body.restart:
+        runtime_hook.require_runtime(cp.runtime)
+    values = cp.service.encode(body.pairs())
+    keys = sorted(values)
+
+    def answer(change: Change) -> tuple[int, str]:
+        res = PushResult(workspace_id=_label(owner), keys=keys, versions=change.versions, persisted=True,
+                         restarted=body.restart)
+        return 200, res.model_dump_json()
+
+    scope = f"POST {request.scope['route'].path} {owner} {actor}"
+    digest = cp.request_digest(body.model_dump()) if idem else ""
+    with cp.service.lock(owner):
+        if idem:
+            prior = cp.store.idempotent_answer(idem, scope)
+            if prior is not None:
+                return _replay(cp, owner, idem, scope, digest, prior)
+        result = cp.service.push(
+            owner, values, actor=actor, expected=body.expected_versions,
+            idempotency=(idem, scope, digest, answer) if idem else None,
+        )
+    return _finish(cp, owner, keys, result, body, idem, scope, digest)
+
+
+def _finish(cp: ControlPlane, owner: str, keys: list[str], result: WriteResult, body: EnvPush,
+            idem: str | None, scope: str, digest: str) -> Any:
+    res = PushResult(workspace_id=_label(owner), keys=keys, versions=result.change.versions, persisted=True)
+    status = 200
+    if not result.persisted:
+        cp.metrics.writethrough_failures.inc(len(result.failures))
+        status = _failure_status(result.failures)
+        res.persisted = False
+        res.failed_workspaces = sorted(result.failures)
+        res.error = _failure_text(result.failures)
+    elif body.restart:
+        targets = [owner] if owner != GLOBAL else result.change.workspaces
+        try:
+            _restart_all(cp, targets, body.restart_mode)
+            res.restarted = True
+        except (ApiError, HostError) as exc:
+            status = 502
+            res.error = f"stored and written, but the restart failed: {exc}"
+    if idem and status != 200:
+        cp.store.record_answer(idem, scope, digest, status, res.model_dump_json())
+    return SafeJSONResponse(res.model_dump(), status_code=status)
+
+
+def _replay(cp: ControlPlane, owner: str, idem: str, scope: str, digest: str, prior: Any) -> Any:
+    if prior.request_sha != digest:
+        raise ApiError(422, "Idempotency-Key was already used with a different request")
+    body = json.loads(prior.body)
+    status = prior.status
+    if status in (502, 503) and not body.get("persisted", True):
+        # The earlier attempt stored the change but could not write the folder: try again now.
+        try:
+            if owner == GLOBAL:
+                if cp.service.reconcile():
+                    raise HostError("*", "still failing")
+            else:
+                cp.service.materialise(owner)
+            body.update(persisted=True, failed_workspaces=[], error=None)
+            status = 200
+            cp.store.record_answer(idem, scope, digest, status, json.dumps(body))
+        except HostError:
+            pass
+    return SafeJSONResponse(body, status_code=status, headers={"Idempotent-Replayed": "true"})
+
+
+def _list(cp: ControlPlane, owner: str) -> SecretList:
+    metas = cp.store.list_secrets(owner)
+    return SecretList(workspace_id=_label(owner), secrets=[
+        SecretInfo(name=m.name, scope=m.scope, version=m.version, size=m.size, sha256_8=m.sha8,  # type: ignore[arg-type]
+                   updated_at=iso(m.updated_at)) for m in metas])
+
+
+def _delete(cp: ControlPlane, owner: str, name: str, request: Request) -> Any:
+    _check_name(cp, name)
+    result = cp.service.delete(owner, name, actor=actor_of(request))
+    res = DeleteResult(workspace_id=_label(owner), key=name, deleted_version=result.change.versions[name], persisted=True)
+    if not result.persisted:
+        cp.metrics.writethrough_failures.inc(len(result.failures))
+        res.persisted = False
+        res.failed_workspaces = sorted(result.failures)
+        res.error = _failure_text(result.failures)
+        return SafeJSONResponse(res.model_dump(), status_code=_failure_status(result.failures))
+    return res
+
+
+def _versions(cp: ControlPlane, owner: str, name: str) -> VersionList:
+    _check_name(cp, name)
+    rows = cp.store.versions(owner, name)
+    return VersionList(workspace_id=_label(owner), name=name, versions=[
+        VersionInfo(version=v.version, size=v.size, sha256_8=v.sha8, created_at=iso(v.created_at), actor=v.actor,
+                    action=v.action, current=v.current) for v in rows])
+
+
+def _rollback(cp: ControlPlane, owner: str, name: str, body: Rollback, request: Request) -> Any:
+    _check_name(cp, name)
+    result = cp.service.rollback(owner, name, body.version, actor=actor_of(request))
+    res = PushResult(workspace_id=_label(owner), keys=[name], versions=result.change.versions, persisted=True)
+    if not result.persisted:
+        cp.metrics.writethrough_failures.inc(len(result.failures))
+        res.persisted = False
+        res.failed_workspaces = sorted(result.failures)
+        res.error = _failure_text(result.failures)
+        return SafeJSONResponse(res.model_dump(), status_code=_failure_status(result.failures))
+    return res
+
+
+# -- workspace scope ---------------------------------------------------------
+
+@router.post(WS, response_model=PushResult, summary="Push secrets to a workspace (write-through, durable)")
+def push_workspace(workspace_id: WsId, body: EnvPush, request: Request, cp: CP,
+                   idempotency_key: IdemKey = None) -> Any:
+    return _push(cp, workspace_id, body, request, idempotency_key)
+
+
+@router.get(WS, response_model=SecretList, summary="List a workspace's secrets (names and metadata only)")
+def list_workspace(workspace_id: WsId, cp: CP) -> SecretList:
+    return _list(cp, workspace_id)
+
+
+@router.delete(WS + "/{name}", response_model=DeleteResult, summary="Delete a workspace secret")
+def delete_workspace_secret(workspace_id: WsId, name: Name, request: Request, cp: CP) -> Any:
+    return _delete(cp, workspace_id, name, request)
+
+
+@router.get(WS + "/{name}/versions", response_model=VersionList, summary="Versions of a workspace secret")
+def versions_workspace(workspace_id: WsId, name: Name, cp: CP) -> VersionList:
+    return _versions(cp, workspace_id, name)
+
+
+@router.post(WS + "/{name}/rollback", response_model=PushResult, summary="Write an old version as a new one")
+def rollback_workspace(workspace_id: WsId, name: Name, body: Rollback, request: Request, cp: CP) -> Any:
+    return _rollback(cp, workspace_id, name, body, request)
+
+
+# -- global scope ------------------------------------------------------------
+
+@router.post(GL, response_model=PushResult, summary="Push global secrets (inherited by every workspace)")
+def push_global(body: EnvPush, request: Request, cp: CP, idempotency_key: IdemKey = None) -> Any:
+    return _push(cp, GLOBAL, body, request, idempotency_key)
+
+
+@router.get(GL, response_model=SecretList, summary="List global secrets")
+def list_global(cp: CP) -> SecretList:
+    return _list(cp, GLOBAL)
+
+
+@router.delete(GL + "/{name}", response_model=DeleteResult, summary="Delete a global secret")
+def delete_global_secret(name: Name, request: Request, cp: CP) -> Any:
+    return _delete(cp, GLOBAL, name, request)
+
+
+@router.get(GL + "/{name}/versions", response_model=VersionList, summary="Versions of a global secret")
+def versions_global(name: Name, cp: CP) -> VersionList:
+    return _versions(cp, GLOBAL, name)
+
+
+@router.post(GL + "/{name}/rollback", response_model=PushResult, summary="Roll a global secret back")
+def rollback_global(name: Name, body: Rollback, request: Request, cp: CP) -> Any:
+    return _rollback(cp, GLOBAL, name, body, request)

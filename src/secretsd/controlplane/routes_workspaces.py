@@ -1,0 +1,119 @@
+"""Workspace routes: create (snapshot + materialise + provision), list, show, delete, restart."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from secretsd.controlplane import runtime_hook
+from secretsd.controlplane.context import ControlPlane, actor_of, get_cp, iso
+from secretsd.controlplane.errors import ApiError, SafeJSONResponse
+from secretsd.controlplane.hosts import HostError
+from secretsd.controlplane.routes_env import WsId
+from secretsd.controlplane.schemas import RestartRequest, RestartResult, WorkspaceCreate, WorkspaceInfo, WorkspaceList
+from secretsd.format.rules import NAME_RE
+from secretsd.store import Workspace
+
+router = APIRouter(tags=["workspaces"])
+CP = Annotated[ControlPlane, Depends(get_cp)]
+BASE = "/cp/admin/workspaces"
+
+
+def _info(cp: ControlPlane, ws: Workspace, *, materialised: bool | None = None, detail: bool = False) -> WorkspaceInfo:
+    state = None
+    if cp.runtime is not None and detail:
+        try:
+            state = str(cp.runtime.status(ws.id).state)
+        except Exception:  # noqa: BLE001 - status is best effort in a listing
+            state = "unknown"
+    pending = cp.store.pending_for(ws.id) if detail else []
+    return WorkspaceInfo(id=ws.id, template=ws.template, env_names=ws.env_names, created_at=iso(ws.created_at),
+                         materialised=materialised, state=state, pending=pending)
+
+
+def _check_snapshot(env: dict[str, str]) -> None:
+    """The create-time environment becomes a process environment: portable names, no NUL, valid UTF-8."""
+    bad: list[dict[str, str]] = []
+    for name, value in env.items():
+        if not NAME_RE.fullmatch(name) or len(name) > 255:
+            bad.append({"key": name, "error": "invalid name: must match ^[A-Za-z_][A-Za-z0-9_]*$"})
+        elif "\0" in value:
+            bad.append({"key": name, "error": "value contains a NUL byte"})
+        else:
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                bad.append({"key": name, "error": "value is not well-formed UTF-8"})
+    if bad:
+        raise ApiError(400, "invalid create-time environment: " + ", ".join(p["key"] for p in bad[:10]),
+                       key=bad[0]["key"], problems=bad[:50])
+
+
+@router.post(BASE, response_model=WorkspaceInfo, status_code=201, summary="Create (and provision) a workspace")
+def create_workspace(body: WorkspaceCreate, request: Request, cp: CP) -> Any:
+    _check_snapshot(body.env)
+    ws = cp.store.create_workspace(body.id, body.template, body.env, actor=actor_of(request))
+    try:
+        cp.service.materialise(ws.id)
+        materialised = True
+    except HostError:
+        materialised = False
+    if cp.runtime is not None:
+        if not materialised:
+            _undo(cp, ws.id, request)
+            raise ApiError(503, "the workspace's secrets folder could not be written; not provisioned")
+        from secretsd.runtime.base import WorkspaceSpec
+
+        spec = WorkspaceSpec(id=ws.id, template=ws.template, env=dict(body.env), configs_dir=cp.host.configs_dir(ws.id))
+        try:
+            runtime_hook.call(cp.runtime.provision, spec)
+        except ApiError:
+            _undo(cp, ws.id, request)
+            raise
+    return SafeJSONResponse(_info(cp, ws, materialised=materialised, detail=True).model_dump(), status_code=201)
+
+
+def _undo(cp: ControlPlane, ws_id: str, request: Request) -> None:
+    cp.store.delete_workspace(ws_id, actor=actor_of(request))
+    cp.host.remove(ws_id)
+
+
+@router.get(BASE, response_model=WorkspaceList, summary="List workspaces")
+def list_workspaces(cp: CP) -> WorkspaceList:
+    return WorkspaceList(workspaces=[_info(cp, w) for w in cp.store.list_workspaces()])
+
+
+@router.get(BASE + "/{workspace_id}", response_model=WorkspaceInfo, summary="Show a workspace")
+def get_workspace(workspace_id: WsId, cp: CP) -> WorkspaceInfo:
+    return _info(cp, cp.store.get_workspace(workspace_id), detail=True)
+
+
+@router.delete(BASE + "/{workspace_id}", response_model=WorkspaceInfo, summary="Delete a workspace, its secrets and folder")
+def delete_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceInfo:
+    ws = cp.store.get_workspace(workspace_id)
+    if cp.runtime is not None:
+        try:
+            runtime_hook.call(cp.runtime.remove, workspace_id)
+        except ApiError as exc:
+            if exc.status != 404:  # already gone from the runtime is fine
+                raise
+    with cp.service.lock(workspace_id):
+        cp.store.delete_workspace(workspace_id, actor=actor_of(request))
+        cp.host.remove(workspace_id)
+    return _info(cp, ws)
+
+
+@router.post(BASE + "/{workspace_id}/restart", response_model=RestartResult, summary="Materialise, then restart")
+def restart_workspace(workspace_id: WsId, request: Request, cp: CP, body: RestartRequest | None = None) -> RestartResult:
+    cp.store.get_workspace(workspace_id)
+    runtime = runtime_hook.require_runtime(cp.runtime)
+    mode = (body or RestartRequest()).mode
+    try:
+        cp.service.materialise(workspace_id)
+    except HostError as exc:
+        # Booting on a stale folder would lose the pushed values: do not restart.
+        raise ApiError(503 if exc.transient else 502, f"not restarted: {exc}") from None
+    runtime_hook.call(runtime.restart, workspace_id, mode)
+    cp.store.record_event(actor_of(request), f"workspace.{mode}", workspace_id)
+    return RestartResult(workspace_id=workspace_id, mode=mode, materialised=True, restarted=True)

@@ -1,0 +1,36 @@
+"""Calling the optional workspace runtime: 501 without one, runtime errors mapped to HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from secretsd.controlplane.errors import ApiError
+
+T = TypeVar("T")
+
+NO_RUNTIME = "no workspace runtime is configured on this control plane: restart is not available"
+
+
+def require_runtime(runtime: Any | None) -> Any:
+    if runtime is None:
+        raise ApiError(501, NO_RUNTIME)
+    return runtime
+
+
+def call(fn: Callable[..., T], *args: Any) -> T:
+    """Run a runtime method; its errors name workspaces and reasons, never values."""
+    from secretsd.runtime import base as rt  # the interface module only
+
+    try:
+        return fn(*args)
+    except rt.InvalidWorkspace as exc:
+        raise ApiError(400, str(exc)) from None
+    except rt.WorkspaceNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except rt.WorkspaceExists as exc:
+        raise ApiError(409, str(exc)) from None
+    except rt.RuntimeUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    except rt.WorkspaceError as exc:
+        raise ApiError(502, f"runtime: {exc}") from None

@@ -1,0 +1,190 @@
+"""Secrets operations: validate, commit to the store, write through, materialise.
+
+Every change to a workspace's folder happens under that workspace's lock
+and writes what the store holds, so folders follow commit order even when
+many clients push at once. When a host write fails the store keeps the
+change with its pending marks; the next write or materialisation of that
+workspace rewrites the whole folder from the store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from secretsd.controlplane.hosts import HostError, HostTarget
+from secretsd.format.rules import FormatError, Rules, encode_value, env_string_size
+from secretsd.store import GLOBAL, Change, Store
+
+
+class InvalidBatch(Exception):
+    """One or more keys break the format rules; nothing was stored."""
+
+    def __init__(self, problems: list[FormatError]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+    @property
+    def too_large(self) -> bool:
+        return all(p.too_large for p in self.problems)
+
+
+@dataclass
+class WriteResult:
+    change: Change
+    failures: dict[str, HostError] = field(default_factory=dict)
+
+    @property
+    def persisted(self) -> bool:
+        return not self.failures
+
+
+class _Locks:
+    """One re-entrant lock per workspace ("" for global), created on demand."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.RLock] = {}
+
+    def __call__(self, ws: str) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(ws, threading.RLock())
+
+
+class SecretsService:
+    def __init__(self, store: Store, host: HostTarget, *, rules: Rules | None = None,
+                 on_write: Callable[[float], None] | None = None) -> None:
+        self.store = store
+        self.host = host
+        self.rules = rules or Rules()
+        self.lock = _Locks()
+        self._on_write = on_write or (lambda _s: None)
+        # Workspaces whose folder may lag the store: their next write is a full rewrite.
+        self._dirty: set[str] = set(store.pending_workspaces())
+
+    # -- validation ----------------------------------------------------------
+
+    def encode(self, env: Mapping[str, str]) -> dict[str, bytes]:
+        """Encode and check every pair; InvalidBatch names each offending key."""
+        problems: list[FormatError] = []
+        out: dict[str, bytes] = {}
+        for name, value in env.items():
+            try:
+                self.rules.check_name(name)
+                out[name] = encode_value(name, value)
+                self.rules.check_value(name, out[name])
+            except FormatError as exc:
+                problems.append(exc)
+        if problems:
+            raise InvalidBatch(problems)
+        return out
+
+    def check_budget(self, owner: str, values: Mapping[str, bytes]) -> None:
+        """The folder(s) this change reaches must stay within the total budget."""
+        targets = [owner] if owner != GLOBAL else self.store.workspace_ids()
+        for ws in targets:
+            sizes = {m.name: env_string_size(m.name, b"\0" * m.size) for m in self.store.list_secrets(ws)}
+            if owner == GLOBAL:
+                own = {m.name for m in self.store.list_secrets(ws, inherit=False)}
+                sizes.update({k: env_string_size(k, v) for k, v in values.items() if k not in own})
+            else:
+                sizes.update({k: env_string_size(k, v) for k, v in values.items()})
+            total = sum(sizes.values())
+            if total > self.rules.total_budget:
+                where = f"workspace {ws}: " if owner == GLOBAL else ""
+                raise InvalidBatch([FormatError(
+                    "*", f"{where}folder total {total} bytes would exceed the budget of {self.rules.total_budget} bytes",
+                    too_large=True)])
+
+    # -- changes -------------------------------------------------------------
+
+    def push(self, owner: str, values: Mapping[str, bytes], *, actor: str,
+             expected: Mapping[str, int] | None = None,
+             idempotency: tuple[str, str, str, Callable[[Change], tuple[int, str]]] | None = None) -> WriteResult:
+        """Store a new version of each key and write it through."""
+        if owner == GLOBAL:
+            self.check_budget(owner, values)
+            change = self.store.put(GLOBAL, values, actor=actor, expected=expected, idempotency=idempotency)
+            return self._fan_out(change)
+        with self.lock(owner):
+            self.check_budget(owner, values)  # under the lock: concurrent pushes add up
+            change = self.store.put(owner, values, actor=actor, expected=expected, idempotency=idempotency)
+            failure = self._write_locked(owner, list(values), known=values)
+        return WriteResult(change, {owner: failure} if failure else {})
+
+    def delete(self, owner: str, name: str, *, actor: str) -> WriteResult:
+        if owner == GLOBAL:
+            return self._fan_out(self.store.delete_secret(GLOBAL, name, actor=actor))
+        with self.lock(owner):
+            change = self.store.delete_secret(owner, name, actor=actor)
+            failure = self._write_locked(owner, [name])
+        return WriteResult(change, {owner: failure} if failure else {})
+
+    def rollback(self, owner: str, name: str, version: int, *, actor: str) -> WriteResult:
+        if owner == GLOBAL:
+            return self._fan_out(self.store.rollback(GLOBAL, name, version, actor=actor))
+        with self.lock(owner):
+            change = self.store.rollback(owner, name, version, actor=actor)
+            failure = self._write_locked(owner, [name])
+        return WriteResult(change, {owner: failure} if failure else {})
+
+    def materialise(self, ws: str) -> None:
+        """Rewrite the folder from the store (global ∪ workspace). Raises HostError."""
+        with self.lock(ws):
+            self._materialise_locked(ws)
+
+    def reconcile(self) -> dict[str, HostError]:
+        """Materialise every workspace with pending marks (at startup)."""
+        failures: dict[str, HostError] = {}
+        for ws in self.store.pending_workspaces():
+            try:
+                self.materialise(ws)
+            except HostError as exc:
+                failures[ws] = exc
+        return failures
+
+    # -- internals -----------------------------------------------------------
+
+    def _fan_out(self, change: Change) -> WriteResult:
+        failures: dict[str, HostError] = {}
+        names = list(change.versions)
+        for ws in change.workspaces:
+            with self.lock(ws):
+                failure = self._write_locked(ws, names)
+            if failure:
+                failures[ws] = failure
+        return WriteResult(change, failures)
+
+    def _write_locked(self, ws: str, names: list[str], known: Mapping[str, bytes] | None = None) -> HostError | None:
+        """Bring ``names`` in the folder in line with the store; the caller holds the lock."""
+        try:
+            if ws in self._dirty:
+                self._materialise_locked(ws)
+                return None
+            if known is None:
+                values = self.store.effective(ws, names)
+                gone = [n for n in names if n not in values]
+            else:
+                values, gone = dict(known), []  # a workspace's own values win: no lookup needed
+            t0 = time.perf_counter()
+            self.host.apply(ws, values, gone)
+            self._on_write(time.perf_counter() - t0)
+            self.store.clear_pending(ws, names)
+            return None
+        except HostError as exc:
+            self._dirty.add(ws)
+            return exc
+
+    def _materialise_locked(self, ws: str) -> None:
+        try:
+            env = self.store.effective(ws)
+            t0 = time.perf_counter()
+            self.host.replace_all(ws, env)
+            self._on_write(time.perf_counter() - t0)
+        except HostError:
+            self._dirty.add(ws)
+            raise
+        self.store.clear_pending(ws)
+        self._dirty.discard(ws)

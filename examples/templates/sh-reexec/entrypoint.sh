@@ -16,6 +16,7 @@ fi
 
 # Agent pass: tools read the token from ~/.netrc.
 if [ -n "${GIT_TOKEN:-}" ]; then
+    { set +x; } 2>/dev/null # never trace a token
     umask 077
     printf 'machine %s\nlogin x-access-token\npassword %s\n' \
         "${GIT_HOST:-github.com}" "$GIT_TOKEN" > "$HOME/.netrc"

@@ -132,11 +132,13 @@ def user_ids(user: str) -> tuple[int, int, str]:
 def host_path(image_path: str) -> str:
     """Follow the host's top-level symlinks (usr-merge: /bin -> usr/bin) so an
     image path lands where the sandbox will really see it."""
-    parts = posixpath.normpath("/" + image_path).split("/")
+    # normpath keeps a leading "//" (POSIX allows it a meaning): strip first.
+    path = posixpath.normpath("/" + image_path.lstrip("/"))
+    parts = path.split("/")
     if len(parts) > 2 and parts[1] in SYSTEM_DIRS and os.path.islink("/" + parts[1]):
         target = os.readlink("/" + parts[1]).strip("/")
         return "/" + "/".join([target, *parts[2:]])
-    return posixpath.normpath("/" + image_path)
+    return path
 
 
 def stage(rootfs: Path, image: Image) -> list[str]:

@@ -173,6 +173,9 @@ class SecretsDir:
         grace: float = DEFAULT_GRACE,
     ) -> None:
         self.path = Path(os.path.abspath(path))
+        # The parent is trusted by default (the caller named the path); a
+        # given base says where untrusted territory begins.
+        self._base_given = base is not None
         self.base = Path(os.path.abspath(base)) if base is not None else self.path.parent
         if self.path == self.base or self.base not in self.path.parents:
             raise ValueError(f"{self.path} is not below {self.base}")
@@ -188,6 +191,8 @@ class SecretsDir:
 
     def _open_dir(self, create: bool) -> int:
         """Open the folder without following any link below ``base``."""
+        if create and not self._base_given:
+            os.makedirs(self.base, mode=0o755, exist_ok=True)
         try:
             fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -434,7 +439,13 @@ class SecretsDir:
                 since = self.grace + 1
             too_many = len(old) - i > MAX_OLD_GENERATIONS
             if since > self.grace or too_many:
-                self._remove(fd, ent.name)
+                try:
+                    self._remove(fd, ent.name)
+                except OSError as exc:
+                    # e.g. EBUSY from a file bind-mounted inside it: the
+                    # change is committed; collection retries next time.
+                    self.warnings.append(f"cannot collect {ent.name}: {os.strerror(exc.errno or 0)}")
+                    continue
                 removed.append(f"collected {ent.name}")
         return removed
 
@@ -464,11 +475,13 @@ class SecretsDir:
         if os.geteuid() == 0:
             os.chown(name, self.uid, self.gid, dir_fd=fd, follow_symlinks=False)
 
-    def _commit(self, fd: int, old_gen: str | None, old_keys: set[str], new: Mapping[str, bytes]) -> None:
+    def _commit(self, fd: int, old_gen: str | None, old_values: Mapping[str, bytes], new: Mapping[str, bytes]) -> None:
         """Write ``new`` as the next generation and swap it in.
 
         Order matters for readers and for crash recovery:
-        1. the new generation folder is written and fsync'ed completely;
+        1. the new generation folder is written and fsync'ed completely
+           (unchanged values are hard links to the old generation's files:
+           already durable, so a one-key change costs one file fsync);
         2. links for added keys are created (dangling into the old set, so a
            reader of the old generation never sees them);
         3. ``..data`` is swapped by one rename (the commit point);
@@ -477,25 +490,33 @@ class SecretsDir:
         _, entries = self._scan(fd)
         seqs = [s for e in entries if (s := _gen_seq(e.name)) is not None]
         gen = f"{GEN_PREFIX}{max(seqs, default=0) + 1:08d}"
+        old_keys = set(old_values)
         key_now: str | None = None
+        ofd = self._open_gen(fd, old_gen)
         try:
             os.mkdir(gen, DIR_MODE, dir_fd=fd)
             gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             try:
                 self._fix_attrs(gfd, None, DIR_MODE)
                 for key_now, value in new.items():
-                    self._write_file(gfd, key_now, value, FILE_MODE, key_now)
+                    if ofd is not None and old_values.get(key_now) == value and self._reusable(ofd, key_now):
+                        os.link(key_now, key_now, src_dir_fd=ofd, dst_dir_fd=gfd, follow_symlinks=False)
+                    else:
+                        self._write_file(gfd, key_now, value, FILE_MODE, key_now)
                 key_now = None
                 self._fsync_dir(gfd)
             finally:
                 os.close(gfd)
-            self._fsync_dir(fd)
+            # The folder entry itself becomes durable with the swap's fsync.
         except OSError as exc:
             self._remove(fd, gen)
             raise _oserror(key_now or next(iter(new), None), "write", exc) from None
         except BaseException:
             self._remove(fd, gen)
             raise
+        finally:
+            if ofd is not None:
+                os.close(ofd)
         added = [k for k in new if k not in old_keys]
         try:
             for key in added:
@@ -516,7 +537,30 @@ class SecretsDir:
                 os.unlink(key, dir_fd=fd)
             except FileNotFoundError:
                 pass
-        self._fsync_dir(fd)
+        # No fsync needed here: a removed link that comes back after a crash
+        # dangles, and recovery deletes it.
+
+    @staticmethod
+    def _open_gen(fd: int, gen: str | None) -> int | None:
+        if gen is None:
+            return None
+        try:
+            return os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            return None
+
+    def _reusable(self, gfd: int, key: str) -> bool:
+        """An old file may be shared only if it is ours as written: a regular
+        file with the right mode and owner (else it is copied afresh)."""
+        try:
+            st = os.stat(key, dir_fd=gfd, follow_symlinks=False)
+        except OSError:
+            return False
+        return (
+            stat.S_ISREG(st.st_mode)
+            and stat.S_IMODE(st.st_mode) == FILE_MODE
+            and (st.st_uid, st.st_gid) == (self.uid, self.gid)
+        )
 
     def _swap(self, fd: int, gen: str) -> None:
         try:
@@ -573,7 +617,7 @@ class SecretsDir:
                 # Adopt hand-made files into a generation first, values
                 # unchanged, so that the real change below is one swap.
                 adopted = {**gen_values, **hand}
-                self._commit(fd, gen, set(gen_values), adopted)
+                self._commit(fd, gen, gen_values, adopted)
                 for key in hand:
                     self._link(fd, key)
                 self._fsync_dir(fd)
@@ -597,7 +641,7 @@ class SecretsDir:
             self.rules.check_total(new)
             if new == current and gen is not None and not self._drifted(fd, gen):
                 return  # nothing to do; still durable
-            self._commit(fd, gen, set(current), new)
+            self._commit(fd, gen, current, new)
             self._collect(fd)
 
     def _drifted(self, fd: int, gen: str) -> bool:
@@ -614,7 +658,6 @@ class SecretsDir:
                 st = ent.stat(follow_symlinks=False)
                 if (
                     not stat.S_ISREG(st.st_mode)
-                    or st.st_nlink != 1
                     or stat.S_IMODE(st.st_mode) != FILE_MODE
                     or (st.st_uid, st.st_gid) != (self.uid, self.gid)
                 ):
@@ -661,7 +704,7 @@ class SecretsDir:
             self._ensure_loader(fd)
             gen, gen_values, hand = self._current(fd)
             if gen is not None and self._drifted(fd, gen):
-                self._commit(fd, gen, set(gen_values), gen_values)
+                self._commit(fd, gen, {}, gen_values)
                 done.append("rewrote generation to fix mode/owner drift")
             return done
 

@@ -18,6 +18,7 @@ import pytest
 from secretsd.format.loader import read_dir
 from secretsd.format.rules import FormatError, fingerprint
 from secretsd.format.writer import (
+    DEFAULT_GRACE,
     ConflictError,
     NotFound,
     SecretsDir,
@@ -163,8 +164,8 @@ def test_loader_installed_and_upgraded(sd: SecretsDir) -> None:
 # ------------------------------------------------------------- crash safety
 
 
-def _writer_loop(path: Path, start: int) -> None:
-    s = SecretsDir(path, grace=0.0)
+def _writer_loop(path: Path, start: int, grace: float = 0.0) -> None:
+    s = SecretsDir(path, grace=grace)
     i = start
     while True:
         i += 1
@@ -207,12 +208,12 @@ def test_kill_9_at_any_instant_leaves_old_or_new(tmp_path: Path, iterations: int
 
 def test_reader_never_sees_a_mix(tmp_path: Path) -> None:
     path = tmp_path / "secrets.d"
-    s = SecretsDir(path, grace=0.5)
+    s = SecretsDir(path)
     s.replace_all(batch(0))
     pid = os.fork()
     if pid == 0:
         try:
-            _writer_loop(path, 0)
+            _writer_loop(path, 0, grace=DEFAULT_GRACE)
         finally:
             os._exit(1)
     try:

@@ -59,9 +59,24 @@ def _valid(name: str, rules: Rules, result: LoadResult) -> bool:
     return True
 
 
+class _Vanished(Exception):
+    """A generation was collected while we read it."""
+
+
 def read_dir(path: str | os.PathLike[str] | None = None) -> LoadResult:
     """What the loader would export from ``path`` (default: $SECRETSD_DIR)."""
     folder = os.fspath(path) if path is not None else os.environ.get("SECRETSD_DIR") or DEFAULT_DIR
+    # A writer may collect an old generation mid-read: start over (bounded);
+    # a later generation is complete.
+    for _ in range(3):
+        try:
+            return _read_once(folder)
+        except _Vanished:
+            continue
+    return _read_once(folder, tolerate=True)
+
+
+def _read_once(folder: str, tolerate: bool = False) -> LoadResult:
     rules = Rules()
     result = LoadResult()
     try:
@@ -99,9 +114,12 @@ def read_dir(path: str | os.PathLike[str] | None = None) -> LoadResult:
             continue  # still a regular file at the top: the hand edit wins
         if not _valid(name, rules, result):
             continue
-        data = _read(os.path.join(gen, name), name, result)
+        full = os.path.join(gen, name)
+        data = _read(full, name, result)
         if data is not None:
             result.values[name] = data
+        elif not tolerate and not os.path.lexists(full):
+            raise _Vanished
     return result
 
 

@@ -122,11 +122,14 @@ __secretsd_generation() {
 __secretsd_pass() {
     __secretsd_vanished=
     __secretsd_skip=' '
+    __secretsd_prev=$__secretsd_done
+    __secretsd_done=' '
     for __secretsd_f in "$__secretsd_dir"/*; do
         if [ -h "$__secretsd_f" ] || [ ! -f "$__secretsd_f" ]; then continue; fi
         __secretsd_n=${__secretsd_f##*/}
         __secretsd_export "$__secretsd_n" "$__secretsd_f" || continue
         __secretsd_skip="$__secretsd_skip$__secretsd_n "
+        __secretsd_done="$__secretsd_done$__secretsd_n "
     done
     __secretsd_generation || return 0
     for __secretsd_f in "$__secretsd_gen"/*; do
@@ -137,13 +140,23 @@ __secretsd_pass() {
                 # Still a regular file at the top: the hand edit wins.
                 [ -h "$__secretsd_dir/$__secretsd_n" ] || continue ;;
         esac
-        __secretsd_export "$__secretsd_n" "$__secretsd_f" || __secretsd_vanished=1
+        if __secretsd_export "$__secretsd_n" "$__secretsd_f"; then
+            __secretsd_done="$__secretsd_done$__secretsd_n "
+        else
+            __secretsd_vanished=1
+        fi
+    done
+    # A retry must not keep keys only the abandoned generation had.
+    IFS=' '
+    for __secretsd_n in $__secretsd_prev; do
+        case $__secretsd_done in *" $__secretsd_n "*) ;; *) unset "$__secretsd_n" ;; esac
     done
 }
 
 if [ -d "$__secretsd_dir" ] && [ -x "$__secretsd_dir" ]; then
     # A writer may collect an old generation while we read it: try again
     # (bounded), a later generation is complete.
+    __secretsd_done=
     for __secretsd_try in 1 2 3; do
         __secretsd_pass
         [ -n "$__secretsd_vanished" ] || break
@@ -159,6 +172,6 @@ if [ -n "$__secretsd_ifs_set" ]; then IFS=$__secretsd_ifs; else unset IFS; fi
 [ -z "$__secretsd_nf" ] || set -f
 unset -f __secretsd_read __secretsd_export __secretsd_generation __secretsd_pass
 unset __secretsd_ifs_set __secretsd_ifs __secretsd_lc_set __secretsd_lc __secretsd_dir \
-    __secretsd_max __secretsd_skip __secretsd_rc __secretsd_nf __secretsd_v __secretsd_l __secretsd_gen \
+    __secretsd_max __secretsd_skip __secretsd_rc __secretsd_nf __secretsd_done __secretsd_prev __secretsd_v __secretsd_l __secretsd_gen \
     __secretsd_g __secretsd_f __secretsd_n __secretsd_vanished __secretsd_try __secretsd_a
 if [ -n "$__secretsd_x" ]; then unset __secretsd_x; set -x; else unset __secretsd_x; fi

@@ -23,7 +23,9 @@ PID namespace: when that namespace's PID 1 exits or is killed, the kernel
 SIGKILLs every other process in it, and nothing can leave a PID namespace
 (setsid/double-fork included). Stopping = SIGTERM to PID 1 through a pidfd,
 SIGKILL after a grace period. bwrap runs in its own session and is not tied
-to the control plane: workspaces outlive a control-plane restart, and a new
+to the control plane (no ``--die-with-parent``: that kills the workspace
+with the control plane, and only the parts of the tree that kept their
+credentials): workspaces outlive a control-plane restart, and a new
 control-plane process finds them through ``state.json`` (pids plus kernel
 start times, so a recycled pid is never mistaken for a workspace).
 
@@ -328,7 +330,7 @@ class SandboxRuntime:
         protected = placed | set(extra)
         args = [
             BWRAP, "--unshare-pid", "--unshare-uts", "--unshare-ipc", "--unshare-cgroup-try",
-            "--as-pid-1", "--die-with-parent", "--new-session", "--hostname", id,
+            "--as-pid-1", "--new-session", "--hostname", id,
             "--json-status-fd", str(status_fd), "--cap-drop", "ALL",
         ]
         for cap in CAPS:

@@ -98,6 +98,14 @@ def entry_findings(entry: Entry) -> list[Finding]:
         s = entry.scripts[entry.script]
         if s.shebang is None:
             out.append(finding("NO_SHEBANG", entry.script, 1, "executed directly but has no #! line"))
+    if entry.kind == "inline" and len(entry.scripts) == 1 and verdict(entry).good is None and not any(
+        fl.ev.kind == "guard" for fl in entry.flat
+    ):
+        # `ENTRYPOINT prog args` (shell form) reaching no script: a program.
+        out.append(finding("NO_SCRIPT", df, cmd_line,
+                           f"`{entry.command.raw if entry.command else ''}` runs a program through "
+                           "the shell; wrap it with /usr/local/bin/with-secrets (secretsd patch does this)"))
+        return out
     out.extend(_guard_findings(entry))
     xt = False
     good = verdict(entry).good
@@ -125,12 +133,21 @@ def entry_findings(entry: Entry) -> list[Finding]:
     return out
 
 
+def entry_script(entry: Entry) -> str | None:
+    """The repo script that should hold the guard: the entry script, or for
+    a shell-form command the first script it reaches."""
+    if entry.script:
+        return entry.script
+    reached = [k for k in entry.scripts if k != entry.dockerfile and not k.startswith(entry.dockerfile + ":")]
+    return reached[0] if reached else None
+
+
 def _guard_findings(entry: Entry) -> list[Finding]:
     v = verdict(entry)
     if v.good is not None:
         return []
     out: list[Finding] = []
-    script = entry.script or (next(iter(entry.scripts), entry.dockerfile))
+    script = entry_script(entry) or entry.dockerfile
     guards = [fl for fl in entry.flat if fl.ev.kind == "guard"]
     if not guards:
         mentions = [(rel, line) for rel, s in entry.scripts.items() for line in s.mentions]

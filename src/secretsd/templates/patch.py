@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from secretsd.templates.audit import TemplateResult, audit_tree, barrier_kind, verdict
+from secretsd.templates.audit import TemplateResult, audit_tree, barrier_kind, entry_script, verdict
 from secretsd.templates.chain import Entry
 from secretsd.templates.findings import Finding, Severity
 from secretsd.templates.shell import GUARD_PATH
@@ -85,8 +85,9 @@ def plan(root: str | Path) -> PatchPlan:
         if not any(f.file in (entry.dockerfile, *entry.scripts) and f.code in _FIXABLE
                    for f in before.findings):
             continue
-        if entry.kind == "script" and entry.script:
-            _patch_script(tree, overlay, entry, notes)
+        target = entry_script(entry)
+        if entry.kind in ("script", "inline") and target:
+            _patch_script(tree, overlay, entry, target, notes)
         elif entry.kind in ("program", "inline"):
             _wrap_program(tree, overlay, entry, notes)
         else:
@@ -101,9 +102,7 @@ _FIXABLE = {"MISSING", "COMMENT_ONLY", "AFTER_EXEC", "AFTER_PRIVDROP", "AFTER_EN
             "NOT_TOP_LEVEL", "SOURCE_IN_SH", "RELATIVE_PATH", "UNGUARDED", "NO_SCRIPT"}
 
 
-def _patch_script(tree: Tree, overlay: dict[str, bytes], entry: Entry, notes: list[str]) -> None:
-    rel = entry.script
-    assert rel is not None
+def _patch_script(tree: Tree, overlay: dict[str, bytes], entry: Entry, rel: str, notes: list[str]) -> None:
     raw = (overlay.get(rel) or tree.read(rel) or b"").decode("utf-8", errors="surrogateescape")
     script = entry.scripts[rel]
     lines = raw.split("\n")  # CRLF lines keep their "\r"
@@ -123,45 +122,40 @@ def _patch_script(tree: Tree, overlay: dict[str, bytes], entry: Entry, notes: li
                 k -= 1
             remove |= span
     first = next((fl for fl in entry.flat if barrier_kind(fl)), None)
+    limit = None  # the guard must go above this line of rel
+    if first is not None and first.file == rel:
+        limit = first.ev.stmt_start
+    elif first is not None and rel == entry.script:
+        limit = first.entry_stmt  # reached through a script rel sources
     after = script.header_end
     if script.dialect == "bash" and script.set_e_end is not None:
         after = max(after, script.set_e_end)
-    if first is not None and after >= first.entry_stmt:
-        after = max(0, first.entry_stmt - 1)
+    if limit is not None and after >= limit:
+        after = max(0, limit - 1)
         # Comment lines right above the barrier describe it: stay above them.
         while after > script.header_end and _is_comment(lines[after - 1]) and (after not in remove):
             after -= 1
-    nl_r = "\r" if crlf else ""
-    out: list[str] = []
-    n = len(lines)
-
-    def emit_block() -> None:
-        prev = out[-1] if out else None
-        if prev is not None and prev.strip():
-            out.append(nl_r)
-        out.extend(line + nl_r for line in BLOCK)
-
-    if after == 0:
-        emit_block()
-    for i, line in enumerate(lines, 1):
-        if i not in remove:
-            out.append(line)
-        elif i - 1 not in remove and out and not out[-1].strip() and i + 1 <= n and (
-            not lines[i].strip() and i + 1 not in remove
-        ):
-            remove.add(i + 1)  # keep one blank line where a block went
-        if i == after:
-            last_real = i == n - 1 and lines[-1] == ""
-            no_final_nl = i == n and lines[-1] != ""
-            if no_final_nl:
-                out[-1] = out[-1]  # keep it; the block goes after, still no final newline
-            emit_block()
-            nxt = next((lines[j - 1] for j in range(i + 1, n + 1) if j not in remove), None)
-            if nxt is not None and nxt.strip() and not last_real:
-                out.append(nl_r)
-    new = "\n".join(out)
-    if after == 0 and out and len(out) > len(BLOCK) and out[len(BLOCK)].strip():
-        new = "\n".join([*out[:len(BLOCK)], nl_r, *out[len(BLOCK):]])
+    r = "\r" if crlf else ""
+    final_nl = raw.endswith("\n")
+    body = lines[:-1] if final_nl else lines
+    kept: list[tuple[int, str]] = []
+    for i, line in enumerate(body, 1):
+        if i in remove:
+            continue
+        # Where a moved block sat between blank lines, keep only one blank.
+        if (not line.strip() and kept and not kept[-1][1].strip() and i - 1 in remove):
+            continue
+        kept.append((i, line))
+    at = sum(1 for i, _ in kept if i <= after)  # insert before kept[at]
+    prev = kept[at - 1][1] if at > 0 else None
+    nxt = kept[at][1] if at < len(kept) else None
+    block = [line + r for line in BLOCK]
+    if prev is not None and prev.strip():
+        block.insert(0, r)
+    if nxt is not None and nxt.strip():
+        block.append(r)
+    out = [line for _, line in kept[:at]] + block + [line for _, line in kept[at:]]
+    new = "\n".join(out) + ("\n" if final_nl else "")
     overlay[rel] = new.encode("utf-8", errors="surrogateescape")
     notes.append(f"{rel}: guard {'moved' if remove else 'added'} after line {after}")
 

@@ -22,7 +22,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 
 # A JSON credential arrives in an env var; SDKs want it in a 0600 file.
-if [ -n "${GCP_CREDENTIALS_JSON:-}" ]; then
+if [ -n "${GCP_CREDENTIALS_JSON:+set}" ]; then
+    { set +x; } 2>/dev/null # never trace a credential
     # shellcheck disable=SC2086
     $AS_AGENT mkdir -p "$(dirname "$AGENT_CREDENTIALS_FILE")"
     # shellcheck disable=SC2086,SC2016 # $1 expands in the inner sh

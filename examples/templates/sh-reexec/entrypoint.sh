@@ -15,7 +15,7 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 # Agent pass: tools read the token from ~/.netrc.
-if [ -n "${GIT_TOKEN:-}" ]; then
+if [ -n "${GIT_TOKEN:+set}" ]; then
     { set +x; } 2>/dev/null # never trace a token
     umask 077
     printf 'machine %s\nlogin x-access-token\npassword %s\n' \

@@ -25,6 +25,7 @@ WRAPPERS = frozenset({
     "sh", "dash", "bash", "ash", "busybox", "mksh", "posh", "yash", "zsh", "ksh", "ksh93",
     "gosu", "su-exec", "setpriv", "runuser", "su", "sudo", "env", "tini", "dumb-init",
     "catatonit", "timeout", "nohup", "stdbuf", "nice", "setsid", "s6-envdir", "chpst",
+    "bwrap",  # PID 1 is still bwrap while it sets the sandbox up
 })
 
 

@@ -23,7 +23,31 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Other concerns' commands, imported only when used so that the core
+# commands (which run in workspace boot paths) start fast. Keep in step
+# with each package's ``commands.py``.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("secretsd.controlplane.commands", "serve"),
+    "rotate-key": ("secretsd.store.commands", "rotate_key"),
+    "workspace": ("secretsd.runtime.commands", "workspace"),
+    "audit": ("secretsd.templates.commands", "audit"),
+    "patch": ("secretsd.templates.commands", "patch"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name]
+            cmd = getattr(importlib.import_module(module), attr)
+        return cmd
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="secretsd")
 def cli() -> None:
     """Workspace secrets that survive restarts.
@@ -36,30 +60,6 @@ def cli() -> None:
 
 for _cmd in core_commands:
     cli.add_command(_cmd)
-
-# (module, attribute) of each concern's click commands; a missing module is
-# skipped so the core CLI works while a concern is being built.
-_PLUGINS = [
-    ("secretsd.controlplane.commands", "commands"),
-    ("secretsd.store.commands", "commands"),
-    ("secretsd.runtime.commands", "commands"),
-    ("secretsd.templates.commands", "commands"),
-]
-
-
-def _register() -> None:
-    for module, attr in _PLUGINS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue
-            raise
-        for cmd in getattr(mod, attr):
-            cli.add_command(cmd)
-
-
-_register()
 
 
 def main() -> None:

@@ -105,6 +105,10 @@ class LockTimeout(SecretsDirError):
     pass
 
 
+class FolderMissing(SecretsDirError):
+    pass
+
+
 @dataclass(frozen=True)
 class Entry:
     """What ``list`` shows: everything but the value."""
@@ -216,7 +220,7 @@ class SecretsDir:
                             None, f"refusing {self.base.joinpath(*parts[: i + 1])}: not a real folder (a link?)"
                         ) from None
                     if exc.errno == errno.ENOENT:
-                        raise NotFound(str(self.path)) from None
+                        raise FolderMissing(f"no such folder: {self.path} (run `secretsd init`)") from None
                     raise _oserror(None, f"open {self.path}", exc) from None
                 os.close(fd)
                 fd = nfd

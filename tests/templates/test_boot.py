@@ -57,7 +57,7 @@ def _write_secrets(configs: Path, values: dict[str, bytes]) -> None:
 
 def _templates(tmp: Path) -> dict[str, Path]:
     """Unpatched shapes on the example base image: shape 1 without the guard,
-    a program entrypoint (shape 3), and a late guard after env use."""
+    a program entrypoint (shape 3), and a guard after the exec."""
     out = {}
     out["no-guard"] = tmp / "no-guard"
     shutil.copytree(EXAMPLES / "templates" / "no-guard", out["no-guard"])
@@ -71,10 +71,10 @@ def _templates(tmp: Path) -> dict[str, Path]:
     (late / "Dockerfile").write_text(
         "FROM secretsd-examples/agent-runtime:1\nCOPY entry.sh /entry.sh\nRUN chmod +x /entry.sh\n"
         'ENTRYPOINT ["/entry.sh"]\n')
-    (late / "entry.sh").write_text(
+    (late / "entry.sh").write_text(  # guard appended after the exec: never runs
         '#!/bin/sh\nset -e\necho "boot: ${API_KEY:+key present}"\n'
-        "if [ -f /configs/secrets.d/load.sh ]; then . /configs/secrets.d/load.sh; fi\n"
-        'exec gosu agent agent-runtime --serve\n')
+        'exec gosu agent agent-runtime --serve\n'
+        "if [ -f /configs/secrets.d/load.sh ]; then . /configs/secrets.d/load.sh; fi\n")
     os.chmod(late / "entry.sh", 0o644)
     out["late"] = late
     return out

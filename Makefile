@@ -42,7 +42,8 @@ test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 soak: deps
-	SECRETSD_SOAK=1 $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	SECRETSD_SOAK=1 SECRETSD_CRASH_ITERATIONS=10000 $(BIN)/python -m pytest \
+	    tests/format/test_writer.py -k kill_9 $(PYTEST_ARGS)
 
 bench: deps
 	$(BIN)/python bench/run.py

@@ -134,9 +134,8 @@ def _store_errors(app: FastAPI) -> None:
     @app.exception_handler(InvalidBatch)
     async def _ib(_r: Request, exc: InvalidBatch) -> SafeJSONResponse:
         probs = [{"key": safe_key(p.key), "error": p.reason} for p in exc.problems]
-        names = ", ".join(p["key"] for p in probs[:20])
-        return SafeJSONResponse(
-            {"error": f"rejected, nothing written: {len(probs)} invalid key(s): {names}", "key": probs[0]["key"],
-             "problems": probs[:100]},
-            status_code=413 if exc.too_large else 400,
-        )
+        detail = "; ".join(f"{p['key']}: {p['error']}" if p["key"] != "*" else p["error"] for p in probs[:20])
+        body: dict[str, Any] = {"error": f"rejected, nothing written: {detail}", "problems": probs[:100]}
+        if probs[0]["key"] != "*":
+            body["key"] = probs[0]["key"]
+        return SafeJSONResponse(body, status_code=413 if exc.too_large else 400)

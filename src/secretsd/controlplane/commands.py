@@ -48,7 +48,7 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, demo: bool, 
     where = f"in {token_file.resolve()} (0600)" if token_file else f"from ${TOKEN_ENV}"
     # Say where the token is, never the token itself.
     click.echo(f"secretsd control plane on http://{host}:{port}  admin token: {where}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"))
 
 
 commands = [serve]

@@ -24,7 +24,7 @@ PUBLIC_PATHS = {"/healthz"}
 UNMATCHED = "<unmatched>"
 
 
-class _TooLarge(Exception):
+class _TooLarge(BaseException):  # not Exception: FastAPI turns body-read errors into a 400
     pass
 
 

@@ -1,0 +1,187 @@
+"""Materialisation, host failures left pending, and the runtime hook."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+
+import pytest
+
+from secretsd.controlplane.hosts import LocalHost
+from secretsd.runtime.base import WorkspaceStartFailed
+
+from .conftest import Env, RecordingRuntime, folder
+
+
+def sd(env: Env, ws: str = "w1"):
+    return env.data / "workspaces" / ws / "configs" / "secrets.d"
+
+
+def test_restart_heals_a_deleted_folder_before_the_runtime_runs(make_env: Callable[..., Env], tmp_path) -> None:
+    rt = RecordingRuntime(tmp_path / "data")
+    env = make_env(runtime=rt, data=tmp_path / "data")
+    env.push(None, {"G": "g"})
+    env.create("w1", env={"SNAP": "s"})
+    env.push("w1", {"A": "1", "B": "2"})
+    shutil.rmtree(sd(env))
+    r = env.client.post("/cp/admin/workspaces/w1/restart", json={"mode": "restart"})
+    assert r.status_code == 200 and r.json() == {"workspace_id": "w1", "mode": "restart", "materialised": True,
+                                                 "restarted": True}
+    assert rt.calls[-1] == ("restart", ("w1", "restart"))
+    assert rt.seen[-1] == {"G": b"g", "A": b"1", "B": b"2"}  # healed before the runtime was called
+    assert (sd(env) / "load.sh").is_file()
+
+
+def test_restart_removes_hand_made_and_deleted_keys(make_env: Callable[..., Env], tmp_path) -> None:
+    rt = RecordingRuntime(tmp_path / "data")
+    env = make_env(runtime=rt, data=tmp_path / "data")
+    env.create("w1")
+    env.push("w1", {"A": "1"})
+    (sd(env) / "INTRUDER").write_bytes(b"planted")
+    os.unlink(sd(env) / "A")
+    assert env.client.post("/cp/admin/workspaces/w1/restart").status_code == 200
+    assert env.folder("w1") == {"A": b"1"}
+    assert rt.calls[-1] == ("restart", ("w1", "recreate"))  # the default mode
+
+
+def test_provision_gets_the_snapshot_after_materialising(make_env: Callable[..., Env], tmp_path) -> None:
+    rt = RecordingRuntime(tmp_path / "data")
+    env = make_env(runtime=rt, data=tmp_path / "data")
+    env.push(None, {"G": "g"})
+    r = env.client.post("/cp/admin/workspaces", json={"id": "w1", "template": "/t", "env": {"SNAP": "s"}})
+    assert r.status_code == 201 and r.json()["state"] == "running"
+    name, spec = rt.calls[0]
+    assert name == "provision" and spec.id == "w1" and spec.template == "/t" and spec.env == {"SNAP": "s"}
+    assert spec.configs_dir == (tmp_path / "data" / "workspaces" / "w1" / "configs").resolve()
+    assert rt.seen[0] == {"G": b"g"}
+    assert env.client.delete("/cp/admin/workspaces/w1").status_code == 200
+    assert rt.calls[-1] == ("remove", "w1")
+
+
+def test_push_with_restart_restarts_once_after_the_write(make_env: Callable[..., Env], tmp_path) -> None:
+    rt = RecordingRuntime(tmp_path / "data")
+    env = make_env(runtime=rt, data=tmp_path / "data")
+    env.create("w1")
+    r = env.push("w1", {"A": "1", "B": "2", "C": "3"}, body={"restart": True, "restart_mode": "restart"})
+    assert r.status_code == 200 and r.json()["restarted"] is True
+    restarts = [c for c in rt.calls if c[0] == "restart"]
+    assert restarts == [("restart", ("w1", "restart"))]
+    assert rt.seen[-1] == {"A": b"1", "B": b"2", "C": b"3"}
+
+
+def test_runtime_failures_are_mapped(make_env: Callable[..., Env], tmp_path) -> None:
+    rt = RecordingRuntime(tmp_path / "data")
+    env = make_env(runtime=rt, data=tmp_path / "data")
+    env.create("w1")
+    rt.fail = WorkspaceStartFailed("workspace 'w1' did not come up")
+    r = env.client.post("/cp/admin/workspaces/w1/restart")
+    assert r.status_code == 502 and "did not come up" in r.json()["error"]
+    r = env.push("w1", {"A": "1"}, body={"restart": True})
+    assert r.status_code == 502 and r.json()["persisted"] is True and r.json()["restarted"] is False
+    assert env.folder("w1") == {"A": b"1"}
+    r = env.client.post("/cp/admin/workspaces", json={"id": "w2"})
+    assert r.status_code == 502
+    assert env.client.get("/cp/admin/workspaces/w2").status_code == 404  # creation undone
+    assert not (env.data / "workspaces" / "w2").exists()
+
+
+def test_without_runtime_restart_is_501_and_nothing_written(env: Env) -> None:
+    r = env.client.post("/cp/admin/workspaces/w1/restart", json={"mode": "recreate"})
+    assert r.status_code == 501 and "runtime" in r.json()["error"]
+    r = env.push("w1", {"A": "1"}, body={"restart": True})
+    assert r.status_code == 501
+    assert env.folder("w1") == {} and env.client.get("/cp/admin/workspaces/w1/env").json()["secrets"] == []
+    assert env.client.post("/cp/admin/workspaces/ghost/restart").status_code == 404
+    assert env.client.post("/cp/admin/workspaces/w1/restart", json={"mode": "reboot"}).status_code == 400
+
+
+def _break_host(env: Env, ws: str = "w1"):
+    """Replace the workspace's configs folder by a link: the writer refuses to follow it."""
+    configs = env.data / "workspaces" / ws / "configs"
+    moved = configs.with_name("configs.real")
+    configs.rename(moved)
+    os.symlink(moved, configs)
+    return lambda: (configs.unlink(), moved.rename(configs))
+
+
+def test_host_failure_is_502_pending_then_healed(make_env: Callable[..., Env], tmp_path) -> None:
+    data = tmp_path / "data"
+    env = make_env(data=data)
+    env.create("w1")
+    env.push("w1", {"A": "1"})
+    fix = _break_host(env)
+    r = env.push("w1", {"A": "2", "B": "x"}, headers={"Idempotency-Key": "retry-me"})
+    assert r.status_code == 502, r.text
+    body = r.json()
+    assert body["persisted"] is False and body["versions"] == {"A": 2, "B": 1} and "error" in body
+    assert body["failed_workspaces"] == ["w1"]
+    assert sorted(env.client.get("/cp/admin/workspaces/w1").json()["pending"]) == ["A", "B"]
+    assert "secretsd_pending_writes 2.0" in env.client.get("/metrics").text
+    # A retry while the host is still broken replays the failure, with no new version.
+    again = env.push("w1", {"A": "2", "B": "x"}, headers={"Idempotency-Key": "retry-me"})
+    assert again.status_code == 502 and again.json()["versions"] == {"A": 2, "B": 1}
+    fix()
+    # Once fixed, the same retry re-materialises and succeeds, still without a new version.
+    ok = env.push("w1", {"A": "2", "B": "x"}, headers={"Idempotency-Key": "retry-me"})
+    assert ok.status_code == 200 and ok.json()["persisted"] is True and ok.json()["versions"] == {"A": 2, "B": 1}
+    assert env.folder("w1") == {"A": b"2", "B": b"x"}
+    assert env.client.get("/cp/admin/workspaces/w1").json()["pending"] == []
+    assert "secretsd_pending_writes 0.0" in env.client.get("/metrics").text
+
+
+def test_next_push_after_a_failure_rewrites_everything(make_env: Callable[..., Env], tmp_path) -> None:
+    env = make_env(data=tmp_path / "data")
+    env.create("w1")
+    fix = _break_host(env)
+    assert env.push("w1", {"A": "1"}).status_code == 502
+    fix()
+    assert env.push("w1", {"B": "2"}).status_code == 200
+    assert env.folder("w1") == {"A": b"1", "B": b"2"}
+
+
+def test_pending_writes_are_applied_at_startup(make_env: Callable[..., Env], tmp_path) -> None:
+    data = tmp_path / "data"
+    env = make_env(data=data)
+    env.create("w1")
+    env.create("w2")
+    fix = _break_host(env)
+    r = env.push(None, {"G": "g"})
+    assert r.status_code == 502 and r.json()["failed_workspaces"] == ["w1"]
+    assert env.folder("w2") == {"G": b"g"}
+    fix()
+    env2 = make_env(data=data)  # a restarted control plane on the same data
+    assert folder(data, "w1") == {"G": b"g"}
+    assert env2.client.get("/cp/admin/workspaces/w1").json()["pending"] == []
+
+
+def test_locked_folder_is_503(make_env: Callable[..., Env], tmp_path) -> None:
+    data = tmp_path / "data"
+    env = make_env(data=data, host=LocalHost(data, lock_timeout=0.2))
+    env.create("w1")
+    fd = os.open(sd(env), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        r = env.push("w1", {"A": "1"})
+        assert r.status_code == 503 and r.json()["persisted"] is False and "locked" in r.json()["error"]
+        assert env.client.delete("/cp/admin/workspaces/w1/env/A").status_code == 503
+    finally:
+        os.close(fd)
+    assert env.push("w1", {"B": "2"}).status_code == 200
+    assert env.folder("w1") == {"B": b"2"}  # the deleted A stays deleted
+
+
+def test_metrics_by_route_template(env: Env) -> None:
+    env.push("w1", {"A": "metric-secret"})
+    env.client.get("/cp/admin/workspaces/w1/env/A/versions")
+    from starlette.testclient import TestClient
+
+    TestClient(env.app).get("/cp/admin/workspaces/w1/env")  # 401, still labelled by template
+    text = env.client.get("/metrics").text
+    assert 'route="/cp/admin/workspaces/{workspace_id}/env"' in text
+    assert 'route="/cp/admin/workspaces/{workspace_id}/env",status="401"' in text
+    assert 'route="/cp/admin/workspaces/{workspace_id}/env/{name}/versions"' in text
+    assert "/cp/admin/workspaces/w1" not in text and "metric-secret" not in text
+    assert "secretsd_writethrough_seconds_count" in text and "secretsd_pending_writes" in text
+    assert "secretsd_http_request_duration_seconds_bucket" in text

@@ -103,7 +103,7 @@ def _jobs(paths: tuple[str, ...], manifest: str | None, also_head: bool, git_bas
 @click.option("--git-base", default=DEFAULT_GIT_BASE, show_default=True, envvar="SECRETSD_GIT_BASE",
               help="Base URL for `org/name` repos in a manifest.")
 @click.option("-j", "--jobs", default=4, show_default=True, type=click.IntRange(1, 64),
-              help="Templates fetched and audited in parallel.")
+              help="Repositories fetched and audited in parallel (local folders run in one thread).")
 def audit(paths: tuple[str, ...], manifest: str | None, fmt: str, check: bool, also_head: bool,
           cache: str | None, git_base: str, jobs: int) -> None:
     """Check that each template's entrypoint sources /configs/secrets.d/load.sh

@@ -173,3 +173,33 @@ def test_property_patch_once_is_enough(tmp_path_factory: pytest.TempPathFactory,
     assert res.compliant, [f"{f.code} {f.message}" for f in res.findings]
     assert patch.plan(root).changes == []
     subprocess.run(["bash", "-n"], input=new.replace("\r\n", "\n"), text=True, check=True)
+
+
+def test_unparseable_script_is_not_patched(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(DOCKERFILE)
+    (tmp_path / "e.sh").write_text("#!/bin/sh\nif then (( \nexec agent\n")
+    p = patch.plan(tmp_path)
+    assert p.changes == []
+    assert any("syntax error" in n for n in p.notes)
+    assert p.remaining  # still reported, for a person
+
+
+def test_two_dockerfiles_one_script_patched_once(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(DOCKERFILE)
+    (tmp_path / "Dockerfile.dev").write_text(DOCKERFILE.replace("FROM python:3.12-slim", "FROM python:3.13"))
+    (tmp_path / "e.sh").write_text('#!/bin/sh\nexec agent-runtime "$@"\n')
+    p = patch.plan(tmp_path)
+    (change,) = p.changes
+    assert change.new.decode().count("load.sh ]; then") == 1
+    assert p.after.compliant
+
+
+def test_guard_moved_out_of_the_way_keeps_neighbours(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(DOCKERFILE)
+    (tmp_path / "e.sh").write_text(
+        "#!/bin/sh\n# entry\n\necho \"$MODE\"\n\n# secretsd: load secrets\n"
+        "if [ -f /configs/secrets.d/load.sh ]; then . /configs/secrets.d/load.sh; fi\n\nexec agent\n")
+    p = patch.plan(tmp_path)
+    (change,) = p.changes
+    assert change.new.decode() == (
+        "#!/bin/sh\n# entry\n\n" + "\n".join(patch.BLOCK) + "\n\necho \"$MODE\"\n\nexec agent\n")

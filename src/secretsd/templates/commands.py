@@ -42,6 +42,16 @@ def _git_head(path: Path) -> str | None:
 
 
 def _run_job(job: _Job, cache: Path) -> TemplateResult:
+    try:
+        return _audit_job(job, cache)
+    except Exception as exc:  # one odd template must not sink a fleet audit
+        res = TemplateResult(job.name, str(job.local or (job.source.url if job.source else "")), None)
+        res.findings.append(finding("UNRESOLVED_ENTRYPOINT", ".", 0,
+                                    f"could not analyse the template: {type(exc).__name__}: {exc}"))
+        return res
+
+
+def _audit_job(job: _Job, cache: Path) -> TemplateResult:
     if job.local is not None:
         return audit_path(job.local, name=job.name, ref=_git_head(job.local))
     src = job.source
@@ -199,9 +209,13 @@ def patch(path: str, mode: str, branch: str | None, do_commit: bool) -> None:
     elif mode == "write":
         patching.write(root, p.changes)
         for n in p.notes:
-            click.echo(n, err=True)
+            if "not patched" not in n and "cannot patch" not in n:
+                click.echo(n, err=True)
     else:
         click.echo(patching.unified_diff(p.changes), nl=False)
+    for n in p.notes:
+        if "not patched" in n or "cannot patch" in n:
+            click.echo(n, err=True)
     for f in p.remaining:
         click.echo(f"not fixed: {f.code} {f.file}:{f.line}: {f.message}", err=True)
     if p.remaining:

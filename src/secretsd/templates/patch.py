@@ -86,7 +86,15 @@ def plan(root: str | Path) -> PatchPlan:
                    for f in before.findings):
             continue
         target = entry_script(entry)
+        if target in overlay:
+            continue  # several Dockerfiles start the same script: patched once
         if entry.kind in ("script", "inline") and target:
+            if entry.scripts[target].has_error or b"\0" in (tree.read(target) or b""):
+                # Never guess where a statement starts in code we cannot parse.
+                note = f"{target}: not patched: the shell parser finds a syntax error (check it with `sh -n`)"
+                if note not in notes:
+                    notes.append(note)
+                continue
             _patch_script(tree, overlay, entry, target, notes)
         elif entry.kind in ("program", "inline"):
             _wrap_program(tree, overlay, entry, notes)

@@ -88,8 +88,7 @@ def to_sarif(results: Sequence[TemplateResult]) -> str:
             "name": c.name.title().replace("_", ""),
             "shortDescription": {"text": c.title},
             "defaultConfiguration": {"level": _SARIF_LEVEL[c.severity]},
-            "helpUri": "https://github.com/secretsd/secretsd/blob/main/docs/templates.md#"
-            + c.name.lower(),
+            "help": {"text": "See docs/templates.md, section 'Finding codes'."},
         }
         for c in CODES.values()
     ]

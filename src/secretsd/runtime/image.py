@@ -208,6 +208,8 @@ def _apply_copy(rootfs: Path, context: Path, spec: ImageSpec, cp: Copy) -> list[
             raise InvalidWorkspace(f"{where}: COPY source {src!r} is outside the template folder")
         if not full.exists():
             raise InvalidWorkspace(f"{where}: COPY source {src!r} not found")
+        if full.is_dir():
+            dest = cp.dest  # Docker copies a folder's contents, never the folder itself
         image_path = host_path(dest)
         target = _safe_dest(rootfs, image_path)
         if full.is_file() and target.is_dir():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from secretsd.runtime import load_images
 from secretsd.runtime.base import WorkspaceError, WorkspaceSpec
 from secretsd.runtime.sandbox import SandboxRuntime
 
@@ -19,7 +20,7 @@ EXAMPLES = REPO / "examples"
 TEMPLATES = EXAMPLES / "templates"
 PROBE = Path(__file__).parent / "templates" / "probe"
 LOAD_SH = REPO / "src" / "secretsd" / "format" / "sh" / "load.sh"
-IMAGES = {"secretsd-examples/agent-runtime": EXAMPLES / "agent"}
+IMAGES = load_images(EXAMPLES / "images.json")
 
 
 def _unavailable() -> str | None:

@@ -122,3 +122,21 @@ def test_bash_strict_credential_file_boot_log_and_smoke(sandboxes: Sandboxes) ->
         import time; time.sleep(0.05)
     st = rt.status("smoke")
     assert (st.state, st.exit_code) == ("exited", 0)
+
+
+def test_writer_layout_with_every_guarded_template(sandboxes: Sandboxes) -> None:
+    """The folder as the control plane will materialise it (generations,
+    ..data links): what phase 2 hands the runtime."""
+    writer = pytest.importorskip("secretsd.format.writer")
+    rt = sandboxes.rt
+    for template in GUARDED:
+        id, v1, v2 = f"w-{template}", canary("w1"), canary("w2")
+        folder = writer.SecretsDir(sandboxes.configs(id) / "secrets.d")
+        folder.replace_all({"API_KEY": v1, "OTHER": b"x"})
+        sandboxes.provision(id, template)
+        assert rt.main_environ(id)["API_KEY"] == v1
+        folder.replace_all({"API_KEY": v2})  # OTHER deleted, API_KEY changed
+        rt.restart(id, "recreate")
+        env = rt.main_environ(id)
+        assert env["API_KEY"] == v2 and "OTHER" not in env
+        rt.remove(id)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -166,3 +168,21 @@ def test_errors(sandboxes: Sandboxes, tmp_path: Path) -> None:
         sandboxes.provision("dup", PROBE)
     with pytest.raises(InvalidWorkspace):
         rt.restart("dup", "reboot")  # type: ignore[arg-type]
+
+
+def test_workspace_outlives_the_process_that_started_it(sandboxes: Sandboxes) -> None:
+    """The control plane may restart: its workspaces keep running, root or not."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from secretsd.runtime.sandbox import SandboxRuntime\n"
+        "from secretsd.runtime.base import WorkspaceSpec\n"
+        "rt = SandboxRuntime(sys.argv[1])\n"
+        "rt.provision(WorkspaceSpec(id='orphan', template=sys.argv[2], env={}, configs_dir=Path(sys.argv[3])))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(sandboxes.data), str(PROBE), str(sandboxes.configs("orphan"))],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    _probe(sandboxes, "orphan")
+    time.sleep(0.3)
+    st = sandboxes.rt.status("orphan")
+    assert st.state == "running" and procfs.start_time(st.pid or 0) is not None

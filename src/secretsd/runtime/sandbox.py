@@ -53,6 +53,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -114,7 +115,6 @@ class SandboxRuntime:
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
         self.shim = shim
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- availability -------------------------------------------------------
 
@@ -192,7 +192,6 @@ class SandboxRuntime:
             st = self._state(id)
         except (WorkspaceNotFound, InvalidWorkspace):
             return WorkspaceStatus(id=id, state="absent")
-        self._reap(id)
         if self._running(id, st):
             state = "running"
         else:
@@ -375,7 +374,8 @@ class SandboxRuntime:
         finally:
             os.close(sfd)
             log.close()
-        self._procs[id] = proc
+        # Reap bwrap whenever it ends, so no zombie waits for a status call.
+        threading.Thread(target=proc.wait, name=f"sandbox-reaper-{id}", daemon=True).start()
         pid = self._wait_child_pid(id, proc)
         st.update({
             "desired": "running", "pid": pid, "pid_start": procfs.start_time(pid),
@@ -417,14 +417,7 @@ class SandboxRuntime:
         bpid, bstart = st.get("bwrap_pid"), st.get("bwrap_start")
         deadline = time.monotonic() + 5
         while bpid and procfs.alive(bpid, bstart) and time.monotonic() < deadline:
-            self._reap(id)
             time.sleep(0.01)
-        self._reap(id)
-
-    def _reap(self, id: str) -> None:
-        proc = self._procs.get(id)
-        if proc is not None and proc.poll() is not None:
-            del self._procs[id]
 
     def _exit_code(self, id: str) -> int | None:
         code = _read_status(self._dir(id) / "status.jsonl").get("exit-code")

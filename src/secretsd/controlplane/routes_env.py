@@ -69,9 +69,9 @@ def _restart_all(cp: ControlPlane, workspaces: list[str], mode: str) -> None:
 
 def _push(cp: ControlPlane, owner: str, body: EnvPush, request: Request, idem: str | None) -> Any:
     actor = actor_of(request)
-    if owner != GLOBAL:
-        cp.store.get_workspace(owner)  # 404 before anything else
     if body.restart:
+        if owner != GLOBAL:
+            cp.store.get_workspace(owner)  # 404 before 501
         runtime_hook.require_runtime(cp.runtime)
     values = cp.service.encode(body.pairs())
     keys = sorted(values)

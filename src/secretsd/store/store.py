@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from secretsd.store import schema as S
@@ -33,6 +33,31 @@ GLOBAL = S.GLOBAL
 DEFAULT_KEEP_VERSIONS = 10
 IDEMPOTENCY_TTL = 24 * 3600.0
 _RETRIES = 5
+
+
+# Prebuilt statements for the hot path: building Core statements per call
+# costs more CPU than the SQLite commit itself.
+_V, _H, _P, _A = S.secret_versions, S.secrets, S.pending, S.audit
+_Q_OWNER = select(S.workspaces.c.id).where(S.workspaces.c.id == bindparam("o"))
+_Q_HEADS = select(_H).where(_H.c.owner == bindparam("o"), _H.c.name.in_(bindparam("names", expanding=True)))
+_Q_HEADS_LOCK = _Q_HEADS.with_for_update()
+_INS_VERSION = insert(_V)
+_INS_HEAD = insert(_H)
+_UPD_HEAD = (
+    update(_H)
+    .where(_H.c.owner == bindparam("b_owner"), _H.c.name == bindparam("b_name"))
+    .values(version=bindparam("version"), last_version=bindparam("last_version"), deleted=bindparam("deleted"),
+            size=bindparam("size"), sha8=bindparam("sha8"), updated_at=bindparam("updated_at"))
+)
+_DEL_OLD = delete(_V).where(_V.c.owner == bindparam("b_owner"), _V.c.name == bindparam("b_name"),
+                            _V.c.version <= bindparam("b_upto"))
+_INS_AUDIT = insert(_A)
+_Q_PENDING = select(_P.c.workspace, _P.c.name).where(
+    _P.c.workspace.in_(bindparam("ws", expanding=True)), _P.c.name.in_(bindparam("names", expanding=True)))
+_INS_PENDING = insert(_P)
+_DEL_PENDING = delete(_P).where(_P.c.workspace == bindparam("ws"), _P.c.name.in_(bindparam("names", expanding=True)))
+_DEL_PENDING_ALL = delete(_P).where(_P.c.workspace == bindparam("ws"))
+_Q_LIVE = select(_H).where(_H.c.owner.in_(bindparam("owners", expanding=True)), _H.c.deleted.is_(False))
 
 
 def sha8(value: bytes) -> str:
@@ -201,32 +226,34 @@ class Store:
         self._check_expected(heads, expected or {})
         now = self.clock()
         versions: dict[str, int] = {}
+        new_rows, head_new, head_upd, prune, audit = [], [], [], [], []
         for name in names:
             value = values[name]
             head = heads.get(name)
             ver = (head.last_version if head else 0) + 1
             blob, kv = self.keyring.encrypt(value, _aad(owner, name, ver))
             fp = sha8(value)
-            c.execute(
-                insert(S.secret_versions).values(
-                    owner=owner, name=name, version=ver, blob=blob, key_version=kv,
-                    encryption_version=ENC_AES_GCM, size=len(value), sha8=fp,
-                    created_at=now, actor=actor, action=action,
-                )
-            )
+            new_rows.append(dict(owner=owner, name=name, version=ver, blob=blob, key_version=kv,
+                                 encryption_version=ENC_AES_GCM, size=len(value), sha8=fp,
+                                 created_at=now, actor=actor, action=action))
             row = dict(version=ver, last_version=ver, deleted=False, size=len(value), sha8=fp, updated_at=now)
             if head is None:
-                c.execute(insert(S.secrets).values(owner=owner, name=name, **row))
+                head_new.append(dict(owner=owner, name=name, **row))
             else:
-                c.execute(update(S.secrets).where(_key(S.secrets, owner, name)).values(**row))
+                head_upd.append(dict(b_owner=owner, b_name=name, **row))
             if ver > self.keep_versions:
-                c.execute(
-                    delete(S.secret_versions).where(
-                        _key(S.secret_versions, owner, name), S.secret_versions.c.version <= ver - self.keep_versions
-                    )
-                )
-            self._audit(c, actor, action, owner or None, name, ver, fp)
+                prune.append(dict(b_owner=owner, b_name=name, b_upto=ver - self.keep_versions))
+            audit.append(dict(at=now, actor=actor, action=action, workspace=owner or None, key=name,
+                              version=ver, sha8=fp))
             versions[name] = ver
+        c.execute(_INS_VERSION, new_rows)
+        if head_new:
+            c.execute(_INS_HEAD, head_new)
+        if head_upd:
+            c.execute(_UPD_HEAD, head_upd)
+        if prune:
+            c.execute(_DEL_OLD, prune)
+        c.execute(_INS_AUDIT, audit)
         change = Change(versions, self._mark_pending(c, owner, names, now))
         if idempotency:
             key, scope, req_sha, answer = idempotency
@@ -299,7 +326,7 @@ class Store:
         owners = [owner] if owner == GLOBAL or not inherit else [GLOBAL, owner]
         with self._read() as c:
             self._require_owner(c, owner)
-            rows = c.execute(select(h).where(h.c.owner.in_(owners), h.c.deleted.is_(False))).all()
+            rows = c.execute(_Q_LIVE, {"owners": owners}).all()
         out: dict[str, SecretMeta] = {}
         for r in sorted(rows, key=lambda r: r.owner != GLOBAL):
             scope = "global" if r.owner == GLOBAL else "workspace"
@@ -339,14 +366,15 @@ class Store:
             return int(c.execute(select(func.count()).select_from(S.pending)).scalar_one())
 
     def clear_pending(self, ws_id: str, names: Iterable[str] | None = None) -> None:
-        stmt = delete(S.pending).where(S.pending.c.workspace == ws_id)
+        params: dict[str, object] = {"ws": ws_id}
+        stmt = _DEL_PENDING_ALL
         if names is not None:
-            names = list(names)
-            if not names:
+            params["names"] = list(names)
+            if not params["names"]:
                 return
-            stmt = stmt.where(S.pending.c.name.in_(names))
+            stmt = _DEL_PENDING
         with self._write() as c:
-            c.execute(stmt)
+            c.execute(stmt, params)
 
     # -- idempotency ---------------------------------------------------------
 
@@ -427,14 +455,12 @@ class Store:
     # -- helpers -------------------------------------------------------------
 
     def _require_owner(self, c: Connection, owner: str) -> None:
-        if owner != GLOBAL and c.execute(select(S.workspaces.c.id).where(S.workspaces.c.id == owner)).first() is None:
+        if owner != GLOBAL and c.execute(_Q_OWNER, {"o": owner}).first() is None:
             raise NotFound("workspace", owner)
 
     def _heads(self, c: Connection, owner: str, names: list[str], *, lock: bool) -> dict:
-        q = select(S.secrets).where(S.secrets.c.owner == owner, S.secrets.c.name.in_(names))
-        if lock:
-            q = q.with_for_update()
-        return {r.name: r for r in c.execute(q).all()}
+        q = _Q_HEADS_LOCK if lock else _Q_HEADS
+        return {r.name: r for r in c.execute(q, {"o": owner, "names": list(names)}).all()}
 
     @staticmethod
     def _check_expected(heads: dict, expected: Mapping[str, int]) -> None:
@@ -466,14 +492,7 @@ class Store:
                     targets[ws] = hit
         if not targets:
             return []
-        existing = {
-            (r.workspace, r.name)
-            for r in c.execute(
-                select(S.pending.c.workspace, S.pending.c.name).where(
-                    S.pending.c.workspace.in_(list(targets)), S.pending.c.name.in_(names)
-                )
-            ).all()
-        }
+        existing = {(r.workspace, r.name) for r in c.execute(_Q_PENDING, {"ws": list(targets), "names": names}).all()}
         rows = [
             {"workspace": ws, "name": n, "since": now}
             for ws, ns in targets.items()
@@ -481,7 +500,7 @@ class Store:
             if (ws, n) not in existing
         ]
         if rows:
-            c.execute(insert(S.pending), rows)
+            c.execute(_INS_PENDING, rows)
         return sorted(targets)
 
     def _audit(

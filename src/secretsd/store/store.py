@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -85,6 +86,9 @@ class Store:
             raise ValueError("keep_versions must be at least 10")
         self.engine = engine
         self.keyring = keyring
+        # SQLite has one writer at a time and its busy handler sleeps in steps of
+        # up to 100 ms: queue this process's writers on a lock instead.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
         self.keep_versions = keep_versions
         self.clock = clock
 
@@ -110,9 +114,12 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(secretsd_write=True) as conn:
-            with conn.begin():
+        if self._write_lock is None:
+            with self.engine.connect().execution_options(secretsd_write=True) as conn, conn.begin():
                 yield conn
+            return
+        with self._write_lock, self.engine.connect().execution_options(secretsd_write=True) as conn, conn.begin():
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

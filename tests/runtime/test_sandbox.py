@@ -5,6 +5,7 @@ they do not belong."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -186,3 +187,28 @@ def test_workspace_outlives_the_process_that_started_it(sandboxes: Sandboxes) ->
     time.sleep(0.3)
     st = sandboxes.rt.status("orphan")
     assert st.state == "running" and procfs.start_time(st.pid or 0) is not None
+
+
+def test_planted_symlinks_in_the_layer_do_not_reach_the_host(sandboxes: Sandboxes, tmp_path: Path) -> None:
+    """Root inside the workspace owns its layer; a symlink put where a mount
+    point goes must not make the next start write on the host."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    sandboxes.provision("plant", PROBE)
+    _probe(sandboxes, "plant")
+    sandboxes.rt.stop("plant")
+    layer = sandboxes.rt.rootfs("plant")
+    # bwrap sets mounts up with the host's root at /oldroot: both spellings.
+    plants = {"usr/local/share": victim, "usr/local/man": victim, "proc": victim,
+              "configs": Path("/oldroot" + str(victim)), "usr/local/etc": Path("/oldroot" + str(victim)),
+              "etc/ld.so.cache": Path("/oldroot" + str(victim / "cache"))}
+    for rel, to in plants.items():
+        target = layer / rel
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        target.symlink_to(to)
+    sandboxes.rt.start("plant")
+    assert _probe(sandboxes, "plant")["usr"] == "readonly"
+    assert list(victim.iterdir()) == []

@@ -52,6 +52,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -346,6 +347,7 @@ class SandboxRuntime:
         args += ["--proc", "/proc", "--dev", "/dev", "--bind", spec["configs_dir"], "/configs"]
         for dest, src in extra.items():
             args += ["--ro-bind", str(src), dest]
+        _prepare_mount_points(rootfs, args)
         args += ["--chdir", st.get("workdir", "/")]
         argv = list(st["argv"])
         uid, gid, _ = img.user_ids(st.get("user", "root"))
@@ -433,7 +435,7 @@ def _system_binds(host: str, protected: set[str], rootfs: Path) -> list[str]:
     if host in protected:
         return []
     layer = rootfs / host.lstrip("/")
-    layer.mkdir(parents=True, exist_ok=True)
+    _mount_point(rootfs, host, is_dir=True)  # a real folder, never a planted symlink
     args: list[str] = []
     for entry in sorted(os.listdir(host)):
         path = f"{host}/{entry}"
@@ -446,6 +448,54 @@ def _system_binds(host: str, protected: set[str], rootfs: Path) -> list[str]:
         elif not inner:
             args += ["--ro-bind", path, path]
     return args
+
+
+def _prepare_mount_points(rootfs: Path, args: list[str]) -> None:
+    """Create every mount point in the layer as a real folder or file.
+
+    The layer is the workspace's to write: as root inside it could have put
+    a symlink where a mount point goes (``/usr/local -> /oldroot/etc``), and
+    bwrap, root on the host, would then create mount points — or this code
+    its folders — through it, on the host. So before each start (the tree
+    is dead, nothing races us) every component is checked with lstat and
+    whatever is not a real folder/file is replaced: it is the workspace's
+    own layer it breaks, never the host."""
+    i = 0
+    while i < len(args):
+        op = args[i]
+        if op in ("--bind", "--ro-bind"):
+            src, dest = args[i + 1], args[i + 2]
+            i += 3
+            if dest != "/":
+                _mount_point(rootfs, dest, is_dir=os.path.isdir(src))
+        elif op in ("--proc", "--dev"):
+            _mount_point(rootfs, args[i + 1], is_dir=True)
+            i += 2
+        else:
+            i += 1
+
+
+def _mount_point(rootfs: Path, dest: str, is_dir: bool) -> None:
+    parts = [p for p in dest.split("/") if p]
+    cur = rootfs
+    for n, part in enumerate(parts):
+        cur = cur / part
+        want_dir = is_dir or n < len(parts) - 1
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)):
+            continue
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(cur)
+            else:
+                cur.unlink()  # a symlink is removed, never followed
+        if want_dir:
+            os.mkdir(cur, 0o755)
+        else:
+            os.close(os.open(cur, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
 
 
 def _ensure_symlink(path: Path, target: str) -> None:

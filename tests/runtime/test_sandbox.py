@@ -212,3 +212,11 @@ def test_planted_symlinks_in_the_layer_do_not_reach_the_host(sandboxes: Sandboxe
     sandboxes.rt.start("plant")
     assert _probe(sandboxes, "plant")["usr"] == "readonly"
     assert list(victim.iterdir()) == []
+
+
+def test_wiped_configs_folder_does_not_block_a_restart(sandboxes: Sandboxes) -> None:
+    sandboxes.provision("wiped", PROBE)
+    _probe(sandboxes, "wiped")
+    shutil.rmtree(sandboxes.configs("wiped"))
+    sandboxes.rt.restart("wiped", "restart")
+    assert _probe(sandboxes, "wiped")["configs"] == "writable"

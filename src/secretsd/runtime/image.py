@@ -12,8 +12,9 @@ The sandbox does not build images. It approximates one:
   template folder); ``ADD`` URLs/archive extraction and ``COPY --from`` are
   refused or skipped;
 - ``RUN`` is never executed. Only ``chmod`` commands in it are applied to
-  files this layer placed (``RUN chmod +x /entrypoint.sh``), because
-  templates store scripts non-executable and rely on that;
+  files this layer placed (``RUN chmod +x /entrypoint.sh``; octal and
+  symbolic modes, ``-R``; relative paths against the final WORKDIR),
+  because templates store scripts non-executable and rely on that;
 - ``useradd`` and package installs are replaced by what every sandbox has:
   users root and ``agent`` (uid/gid 1000), and gosu from the host.
 """

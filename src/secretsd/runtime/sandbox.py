@@ -357,6 +357,9 @@ class SandboxRuntime:
 
     def _launch(self, id: str, st: dict[str, Any], env: dict[str, str], reason: str) -> None:
         wdir = self._dir(id)
+        # A wiped configs folder is re-created empty, as an engine does for a
+        # bind source; the control plane materialises secrets.d before this.
+        Path(self._spec(id)["configs_dir"]).mkdir(parents=True, exist_ok=True)
         self._store_env(id, env)
         status_path = wdir / "status.jsonl"
         sfd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -215,3 +215,28 @@ def test_sqlite_files_are_private_and_hold_no_plaintext(tmp_path: Path) -> None:
         assert f.stat().st_mode & 0o077 == 0, f
         assert secret not in f.read_bytes(), f
     s.close()
+
+
+def test_clearing_pending_marks_never_drops_a_newer_change(store: Store) -> None:
+    first = store.put("w1", {"A": b"1"}, actor="t")
+    second = store.put("w1", {"A": b"2"}, actor="t")  # re-stamps the mark
+    assert second.at >= first.at
+    store.clear_pending("w1", ["A"], upto=first.at - 1e-6)
+    assert store.pending_for("w1") == ["A"]
+    store.clear_pending("w1", ["A"], upto=second.at)
+    assert store.pending_for("w1") == []
+
+
+def test_fits_refuses_inside_the_transaction(store: Store) -> None:
+    store.put(GLOBAL, {"G": b"12345"}, actor="t")
+    store.put("w1", {"A": b"1"}, actor="t")
+    seen: list[dict[str, int]] = []
+
+    def fits(sizes: dict[str, int]) -> None:
+        seen.append(sizes)
+        raise ValueError("too big")
+
+    with pytest.raises(ValueError):
+        store.put("w1", {"B": b"22"}, actor="t", fits=fits)
+    assert seen == [{"G": 5, "A": 1, "B": 2}]
+    assert "B" not in store.effective("w1")

@@ -71,8 +71,9 @@ def create_app(
     host = host or LocalHost(data_dir)
     token = config.admin_token or load_admin_token(data_dir)[0]
     tokens = TokenCheck(token)
-    metrics = Metrics(pending=store.pending_count)
-    service = SecretsService(store, host, on_write=metrics.writethrough.observe)
+    service = SecretsService(store, host)
+    metrics = Metrics(pending=lambda: (service.flush_pending(), store.pending_count())[1])
+    service.on_write = metrics.writethrough.observe
 
     app = FastAPI(
         title="secretsd control plane",

@@ -27,6 +27,8 @@ def _info(cp: ControlPlane, ws: Workspace, *, materialised: bool | None = None, 
             state = str(cp.runtime.status(ws.id).state)
         except Exception:  # noqa: BLE001 - status is best effort in a listing
             state = "unknown"
+    if detail:
+        cp.service.flush_pending()
     pending = cp.store.pending_for(ws.id) if detail else []
     return WorkspaceInfo(id=ws.id, template=ws.template, env_names=ws.env_names, created_at=iso(ws.created_at),
                          materialised=materialised, state=state, pending=pending)

@@ -9,6 +9,7 @@ workspace rewrites the whole folder from the store.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -53,6 +54,43 @@ class _Locks:
             return self._locks.setdefault(ws, threading.RLock())
 
 
+class _PendingClearer:
+    """Clears satisfied pending marks in the background, many per transaction.
+
+    The marks are only a crash-recovery hint (the folder is already written),
+    so clearing them off the request path saves a durable commit per push.
+    A mark left behind by a crash only causes one extra rewrite at startup.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._q: queue.Queue[tuple[str, list[str] | None, float | None]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="secretsd-pending", daemon=True)
+        self._thread.start()
+
+    def submit(self, ws: str, names: list[str] | None, upto: float | None) -> None:
+        self._q.put((ws, names, upto))
+
+    def flush(self) -> None:
+        self._q.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._q.get()]
+            while True:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.store.clear_pending_many(batch)
+            except Exception:  # noqa: BLE001 - marks stay; startup reconciles them
+                pass
+            finally:
+                for _ in batch:
+                    self._q.task_done()
+
+
 class SecretsService:
     def __init__(self, store: Store, host: HostTarget, *, rules: Rules | None = None,
                  on_write: Callable[[float], None] | None = None) -> None:
@@ -60,9 +98,14 @@ class SecretsService:
         self.host = host
         self.rules = rules or Rules()
         self.lock = _Locks()
-        self._on_write = on_write or (lambda _s: None)
+        self.on_write = on_write or (lambda _s: None)
         # Workspaces whose folder may lag the store: their next write is a full rewrite.
         self._dirty: set[str] = set(store.pending_workspaces())
+        self._clearer = _PendingClearer(store)
+
+    def flush_pending(self) -> None:
+        """Wait until satisfied pending marks are cleared (for exact reads of the marks)."""
+        self._clearer.flush()
 
     # -- validation ----------------------------------------------------------
 
@@ -80,6 +123,13 @@ class SecretsService:
         if problems:
             raise InvalidBatch(problems)
         return out
+
+    def _fits(self, sizes: dict[str, int]) -> None:
+        total = sum(env_string_size(k, b"") + n for k, n in sizes.items())
+        if total > self.rules.total_budget:
+            raise InvalidBatch([FormatError(
+                "*", f"folder total {total} bytes would exceed the budget of {self.rules.total_budget} bytes",
+                too_large=True)])
 
     def check_budget(self, owner: str, values: Mapping[str, bytes]) -> None:
         """The folder(s) this change reaches must stay within the total budget."""
@@ -109,9 +159,10 @@ class SecretsService:
             change = self.store.put(GLOBAL, values, actor=actor, expected=expected, idempotency=idempotency)
             return self._fan_out(change)
         with self.lock(owner):
-            self.check_budget(owner, values)  # under the lock: concurrent pushes add up
-            change = self.store.put(owner, values, actor=actor, expected=expected, idempotency=idempotency)
-            failure = self._write_locked(owner, list(values), known=values)
+            # The budget is checked inside the store transaction: concurrent pushes add up.
+            change = self.store.put(owner, values, actor=actor, expected=expected, idempotency=idempotency,
+                                    fits=self._fits)
+            failure = self._write_locked(owner, list(values), change.at, known=values)
         return WriteResult(change, {owner: failure} if failure else {})
 
     def delete(self, owner: str, name: str, *, actor: str) -> WriteResult:
@@ -119,7 +170,7 @@ class SecretsService:
             return self._fan_out(self.store.delete_secret(GLOBAL, name, actor=actor))
         with self.lock(owner):
             change = self.store.delete_secret(owner, name, actor=actor)
-            failure = self._write_locked(owner, [name])
+            failure = self._write_locked(owner, [name], change.at)
         return WriteResult(change, {owner: failure} if failure else {})
 
     def rollback(self, owner: str, name: str, version: int, *, actor: str) -> WriteResult:
@@ -127,7 +178,7 @@ class SecretsService:
             return self._fan_out(self.store.rollback(GLOBAL, name, version, actor=actor))
         with self.lock(owner):
             change = self.store.rollback(owner, name, version, actor=actor)
-            failure = self._write_locked(owner, [name])
+            failure = self._write_locked(owner, [name], change.at)
         return WriteResult(change, {owner: failure} if failure else {})
 
     def materialise(self, ws: str) -> None:
@@ -152,12 +203,13 @@ class SecretsService:
         names = list(change.versions)
         for ws in change.workspaces:
             with self.lock(ws):
-                failure = self._write_locked(ws, names)
+                failure = self._write_locked(ws, names, change.at)
             if failure:
                 failures[ws] = failure
         return WriteResult(change, failures)
 
-    def _write_locked(self, ws: str, names: list[str], known: Mapping[str, bytes] | None = None) -> HostError | None:
+    def _write_locked(self, ws: str, names: list[str], upto: float,
+                      known: Mapping[str, bytes] | None = None) -> HostError | None:
         """Bring ``names`` in the folder in line with the store; the caller holds the lock."""
         try:
             if ws in self._dirty:
@@ -170,8 +222,8 @@ class SecretsService:
                 values, gone = dict(known), []  # a workspace's own values win: no lookup needed
             t0 = time.perf_counter()
             self.host.apply(ws, values, gone)
-            self._on_write(time.perf_counter() - t0)
-            self.store.clear_pending(ws, names)
+            self.on_write(time.perf_counter() - t0)
+            self._clearer.submit(ws, names, upto)
             return None
         except HostError as exc:
             self._dirty.add(ws)
@@ -179,12 +231,13 @@ class SecretsService:
 
     def _materialise_locked(self, ws: str) -> None:
         try:
+            upto = self.store.clock()  # marks up to now are satisfied by what we read next
             env = self.store.effective(ws)
             t0 = time.perf_counter()
             self.host.replace_all(ws, env)
-            self._on_write(time.perf_counter() - t0)
+            self.on_write(time.perf_counter() - t0)
         except HostError:
             self._dirty.add(ws)
             raise
-        self.store.clear_pending(ws)
+        self.store.clear_pending(ws, upto=upto)
         self._dirty.discard(ws)

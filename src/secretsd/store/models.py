@@ -52,6 +52,7 @@ class Change:
 
     versions: dict[str, int]
     workspaces: list[str] = field(default_factory=list)
+    at: float = 0.0  # commit-time stamp of its pending marks (see Store.clear_pending)
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,11 @@ _INS_AUDIT = insert(_A)
 _Q_PENDING = select(_P.c.workspace, _P.c.name).where(
     _P.c.workspace.in_(bindparam("ws", expanding=True)), _P.c.name.in_(bindparam("names", expanding=True)))
 _INS_PENDING = insert(_P)
-_DEL_PENDING = delete(_P).where(_P.c.workspace == bindparam("ws"), _P.c.name.in_(bindparam("names", expanding=True)))
-_DEL_PENDING_ALL = delete(_P).where(_P.c.workspace == bindparam("ws"))
+_UPD_PENDING = update(_P).where(_P.c.workspace == bindparam("b_ws"), _P.c.name == bindparam("b_name")).values(
+    since=bindparam("b_since"))
+_DEL_PENDING = delete(_P).where(_P.c.workspace == bindparam("ws"), _P.c.name.in_(bindparam("names", expanding=True)),
+                                _P.c.since <= bindparam("upto"))
+_DEL_PENDING_ALL = delete(_P).where(_P.c.workspace == bindparam("ws"), _P.c.since <= bindparam("upto"))
 _Q_LIVE = select(_H).where(_H.c.owner.in_(bindparam("owners", expanding=True)), _H.c.deleted.is_(False))
 
 
@@ -203,19 +206,22 @@ class Store:
         expected: Mapping[str, int] | None = None,
         action: str = "set",
         idempotency: tuple[str, str, str, Callable[[Change], tuple[int, str]]] | None = None,
+        fits: Callable[[dict[str, int]], None] | None = None,
     ) -> Change:
         """Store a new version of every key, atomically.
 
         ``expected`` maps names to the version the caller last saw (0 = absent):
         any mismatch raises VersionConflict and nothing is stored.
         ``idempotency`` = (key, scope, request sha, answer(change) -> (status, body))
-        records the answer in the same transaction.
+        records the answer in the same transaction. ``fits`` gets the sizes of
+        the workspace's folder after the change ({name: value bytes}) and may
+        raise to refuse it (a budget), inside the transaction.
         """
         if not values:
             raise ValueError("empty change")
         # Encrypt outside the transaction? The version is in the AAD, so it is
         # only known inside; AES-GCM is microseconds, so do it there.
-        return self._retrying(lambda c: self._put(c, owner, values, actor, expected, action, idempotency))  # type: ignore[return-value]
+        return self._retrying(lambda c: self._put(c, owner, values, actor, expected, action, idempotency, fits))  # type: ignore[return-value]
 
     def _put(
         self,
@@ -226,11 +232,19 @@ class Store:
         expected: Mapping[str, int] | None,
         action: str,
         idempotency: tuple[str, str, str, Callable[[Change], tuple[int, str]]] | None,
+        fits: Callable[[dict[str, int]], None] | None = None,
     ) -> Change:
         self._require_owner(c, owner)
         names = sorted(values)
         heads = self._heads(c, owner, names, lock=True)
         self._check_expected(heads, expected or {})
+        if fits is not None:
+            sizes: dict[str, int] = {}
+            rows = c.execute(_Q_LIVE, {"owners": [GLOBAL, owner] if owner != GLOBAL else [GLOBAL]}).all()
+            for r in sorted(rows, key=lambda r: r.owner != GLOBAL):
+                sizes[r.name] = r.size
+            sizes.update({k: len(v) for k, v in values.items()})
+            fits(sizes)
         now = self.clock()
         versions: dict[str, int] = {}
         new_rows, head_new, head_upd, prune, audit = [], [], [], [], []
@@ -261,7 +275,7 @@ class Store:
         if prune:
             c.execute(_DEL_OLD, prune)
         c.execute(_INS_AUDIT, audit)
-        change = Change(versions, self._mark_pending(c, owner, names, now))
+        change = Change(versions, self._mark_pending(c, owner, names, now), now)
         if idempotency:
             key, scope, req_sha, answer = idempotency
             status, body = answer(change)
@@ -281,7 +295,7 @@ class Store:
             now = self.clock()
             c.execute(update(S.secrets).where(_key(S.secrets, owner, name)).values(deleted=True, updated_at=now))
             self._audit(c, actor, "delete", owner or None, name, head.version, head.sha8)
-            return Change({name: head.version}, self._mark_pending(c, owner, [name], now))
+            return Change({name: head.version}, self._mark_pending(c, owner, [name], now), now)
 
         return self._retrying(tx)  # type: ignore[return-value]
 
@@ -372,16 +386,26 @@ class Store:
         with self._read() as c:
             return int(c.execute(select(func.count()).select_from(S.pending)).scalar_one())
 
-    def clear_pending(self, ws_id: str, names: Iterable[str] | None = None) -> None:
-        params: dict[str, object] = {"ws": ws_id}
-        stmt = _DEL_PENDING_ALL
-        if names is not None:
-            params["names"] = list(names)
-            if not params["names"]:
-                return
-            stmt = _DEL_PENDING
+    def clear_pending(self, ws_id: str, names: Iterable[str] | None = None, *, upto: float | None = None) -> None:
+        """Drop the marks a folder write satisfied: those set at or before ``upto`` (default: now).
+
+        A change committed later re-stamps its marks, so a slow clear never
+        drops the mark of a newer change.
+        """
+        self.clear_pending_many([(ws_id, None if names is None else list(names), upto)])
+
+    def clear_pending_many(self, items: Iterable[tuple[str, list[str] | None, float | None]]) -> None:
+        """Several clears in one transaction (the service batches them)."""
+        now = self.clock()
+        work = [(ws, names, now if upto is None else upto) for ws, names, upto in items if names is None or names]
+        if not work:
+            return
         with self._write() as c:
-            c.execute(stmt, params)
+            for ws, names, upto in work:
+                if names is None:
+                    c.execute(_DEL_PENDING_ALL, {"ws": ws, "upto": upto})
+                else:
+                    c.execute(_DEL_PENDING, {"ws": ws, "names": names, "upto": upto})
 
     # -- idempotency ---------------------------------------------------------
 
@@ -500,6 +524,8 @@ class Store:
         if not targets:
             return []
         existing = {(r.workspace, r.name) for r in c.execute(_Q_PENDING, {"ws": list(targets), "names": names}).all()}
+        if existing:
+            c.execute(_UPD_PENDING, [{"b_ws": w, "b_name": n, "b_since": now} for w, n in sorted(existing)])
         rows = [
             {"workspace": ws, "name": n, "since": now}
             for ws, ns in targets.items()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.security import HTTPBearer
 
@@ -52,6 +55,7 @@ class AppConfig:
     db_url: str | None = None
     admin_token: str | None = None  # default: SECRETSD_ADMIN_TOKEN or DATA/admin.token
     max_body: int = MAX_BODY
+    worker_threads: int = 8
 
 
 def create_app(
@@ -75,7 +79,16 @@ def create_app(
     metrics = Metrics(pending=lambda: (service.flush_pending(), store.pending_count())[1])
     service.on_write = metrics.writethrough.observe
 
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Few worker threads: the blocking work is short and mostly serialised
+        # (one SQLite writer, one lock per workspace); 40 threads fighting for
+        # the GIL only stretch the time each lock is held.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = config.worker_threads
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="secretsd control plane",
         version=__version__,
         description="Write-only secrets API: pushed values are stored encrypted and versioned, written "

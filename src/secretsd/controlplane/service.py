@@ -62,6 +62,8 @@ class _PendingClearer:
     A mark left behind by a crash only causes one extra rewrite at startup.
     """
 
+    linger = 0.02
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self._q: queue.Queue[tuple[str, list[str] | None, float | None]] = queue.Queue()
@@ -77,6 +79,7 @@ class _PendingClearer:
     def _run(self) -> None:
         while True:
             batch = [self._q.get()]
+            time.sleep(self.linger)  # let a burst accumulate: one commit for many pushes
             while True:
                 try:
                     batch.append(self._q.get_nowait())

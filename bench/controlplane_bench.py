@@ -1,0 +1,218 @@
+"""Control-plane benchmark: durable pushes/s and latency, against the writer alone (the floor).
+
+Starts a real ``secretsd serve`` (uvicorn) on loopback with a fresh data
+folder, drives it with a small keep-alive HTTP/1.1 client (asyncio, so the
+load generator stays light on this 2-core machine), and prints one table:
+
+    scenario                      ops/s    p50 ms   p99 ms
+    writer alone, 1 key           ...
+    ...
+
+Every push is durable when answered (SQLite commit + secrets.d generation
+fsynced). Run: ``.venv/bin/python bench/controlplane_bench.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN = "bench-" + uuid.uuid4().hex
+
+
+@dataclass
+class Row:
+    name: str
+    ops: float
+    p50: float
+    p99: float
+    n: int
+    errors: int = 0
+    cpu_ms: float | None = None  # server CPU (user+sys) per request
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys CPU of a process (Linux /proc), threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] * 1000
+
+
+# -- the floor: the writer alone --------------------------------------------
+
+def writer_floor(root: Path, keys: int, n: int) -> Row:
+    from secretsd.format.writer import SecretsDir
+
+    base = root / "floor"
+    base.mkdir(parents=True, exist_ok=True)
+    sd = SecretsDir(base / f"k{keys}" / "configs" / "secrets.d", base=base)
+    sd.init()
+    lat = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        batch = {f"KEY_{j}": f"value-{i}-{j}".encode() for j in range(keys)}
+        s = time.perf_counter()
+        sd.apply(set=batch)
+        lat.append(time.perf_counter() - s)
+    dt = time.perf_counter() - t0
+    return Row(f"writer alone, {keys} key{'s' if keys > 1 else ''}", n / dt, pct(lat, 50), pct(lat, 99), n)
+
+
+# -- a tiny keep-alive HTTP/1.1 client ---------------------------------------
+
+class Conn:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.r: asyncio.StreamReader
+        self.w: asyncio.StreamWriter
+
+    async def open(self) -> Conn:
+        self.r, self.w = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+        data = json.dumps(body).encode() if body is not None else b""
+        head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {TOKEN}",
+                f"Content-Length: {len(data)}", "Content-Type: application/json"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.w.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        status_line = await self.r.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.r.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode().partition(":")
+            if k.lower() == "content-length":
+                length = int(v)
+        return status, await self.r.readexactly(length)
+
+    def close(self) -> None:
+        self.w.close()
+
+
+async def run_clients(port: int, clients: int, per_client: int, keys: int, *, same_ws: bool,
+                      rate: float | None = None) -> tuple[list[float], int, float]:
+    conns = [await Conn(port).open() for _ in range(clients)]
+    for i, c in enumerate(conns):
+        if not same_ws or i == 0:
+            await c.request("POST", "/cp/admin/workspaces", {"id": f"b{clients}-{keys}-{i}-{rate or 0}"})
+    lat: list[float] = []
+    errors = 0
+
+    async def worker(i: int, c: Conn) -> None:
+        nonlocal errors
+        ws = f"b{clients}-{keys}-{0 if same_ws else i}-{rate or 0}"
+        start = time.perf_counter()
+        for k in range(per_client):
+            if rate:  # open loop: send on schedule, whatever the latency
+                due = start + (k * clients + i) / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            env = {f"KEY_{j}": f"v-{i}-{k}-{j}-{uuid.uuid4().hex[:8]}" for j in range(keys)}
+            s = time.perf_counter()
+            status, _ = await c.request("POST", f"/cp/admin/workspaces/{ws}/env", {"env": env})
+            lat.append(time.perf_counter() - s)
+            if status != 200:
+                errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
+    dt = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    return lat, errors, dt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(data: Path, db: str | None) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETSD_")}
+    env["SECRETSD_ADMIN_TOKEN"] = TOKEN
+    argv = [sys.executable, "-m", "secretsd.cli", "serve", "--data", str(data), "--port", str(port),
+            "--log-level", "warning"]
+    if db:
+        argv += ["--db", db]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server died")
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    ap.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite in the temp data folder)")
+    ap.add_argument("--data", default=None, help="parent folder for the temp data (default: the repo's var/)")
+    args = ap.parse_args()
+    n = 100 if args.quick else 400
+    parent = Path(args.data or Path(__file__).resolve().parents[1] / "var")
+    parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-", dir=parent))
+    rows: list[Row] = [writer_floor(root, 1, n), writer_floor(root, 10, n)]
+    proc, port = start_server(root / "data", args.db)
+    try:
+        def scenario(name: str, clients: int, keys: int, total: int, *, same_ws: bool = False,
+                     rate: float | None = None) -> Row:
+            c0 = cpu_seconds(proc.pid)
+            lat, errors, dt = asyncio.run(
+                run_clients(port, clients, max(1, total // clients), keys, same_ws=same_ws, rate=rate))
+            cpu = (cpu_seconds(proc.pid) - c0) * 1000 / max(1, len(lat))
+            return Row(name, len(lat) / dt, pct(lat, 50), pct(lat, 99), len(lat), errors, cpu)
+
+        rows.append(scenario("API, 1 client, 1 key", 1, 1, n))
+        rows.append(scenario("API, 1 client, 10 keys", 1, 10, n))
+        rows.append(scenario("API, paced 100 req/s, 1 key", 1, 1, 300 if args.quick else 1000, rate=100.0))
+        rows.append(scenario("API, 32 clients, 1 key", 32, 1, n * 4))
+        rows.append(scenario("API, 32 clients, 10 keys", 32, 10, n * 4))
+        rows.append(scenario("API, 32 clients, 1 workspace", 32, 1, n * 2, same_ws=True))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(f"\n{'scenario':34s} {'ops/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'n':>6s} {'errors':>6s} {'cpu ms/op':>9s}")
+    for r in rows:
+        cpu = f"{r.cpu_ms:9.2f}" if r.cpu_ms is not None else f"{'-':>9s}"
+        print(f"{r.name:34s} {r.ops:8.0f} {r.p50:8.2f} {r.p99:8.2f} {r.n:6d} {r.errors:6d} {cpu}")
+    paced = next(r for r in rows if "paced" in r.name)
+    c32 = next(r for r in rows if r.name == "API, 32 clients, 1 key")
+    print(f"\ntarget p99 <= 15 ms single-key at 100 req/s: {paced.p99:.2f} ms -> {'PASS' if paced.p99 <= 15 else 'FAIL'}")
+    print(f"target >= 500 durable pushes/s with 32 clients: {c32.ops:.0f}/s -> {'PASS' if c32.ops >= 500 else 'FAIL'}")
+    print(f"(load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+    return 0 if all(r.errors == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,70 +28,10 @@ if [ -n "${YASH_VERSION-}" ]; then LC_ALL=C.UTF-8; else LC_ALL=C; fi
 __secretsd_dir=${SECRETSD_DIR:-/configs/secrets.d}
 # One NAME=value plus NUL must fit the kernel's per-string limit (131072).
 __secretsd_max=131072
-__secretsd_skip=' '
 
-# __secretsd_read FILE: the file's exact bytes into __secretsd_v.
-# `read` strips the newline it stops at, so add it back; the last read fails
-# and holds whatever followed the final newline (maybe nothing).
-# Returns 1 when the file cannot be opened or exceeds the limit.
-__secretsd_read() {
-    __secretsd_v=
-    IFS=
-    { while :; do
-        if read -r __secretsd_l; then
-            __secretsd_v=$__secretsd_v$__secretsd_l'
-'
-            [ "${#__secretsd_v}" -le "$__secretsd_max" ] || return 2
-        else
-            __secretsd_v=$__secretsd_v$__secretsd_l
-            break
-        fi
-    done; } 2>/dev/null <"$1" || return 1
-    [ "${#__secretsd_v}" -le "$__secretsd_max" ] || return 2
-    return 0
-}
-
-# __secretsd_export NAME FILE: validate the name, read, export.
-# Returns 3 for a file that vanished (a generation was collected mid-read).
-__secretsd_export() {
-    case $1 in
-        .* | load.sh) return 0 ;;
-        '' | [!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_]* | \
-        *[!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789]*)
-            printf 'secretsd: skipping %s: not a valid variable name\n' "$1" >&2
-            return 0 ;;
-        IFS | PS1 | PS2 | PS4 | ENV | BASH_ENV | SHELLOPTS | BASHOPTS | CDPATH | GLOBIGNORE | \
-        PATH | HOME | SHELL | PWD | OLDPWD | LD_* | SECRETSD_*)
-            printf 'secretsd: skipping %s: reserved name\n' "$1" >&2
-            return 0 ;;
-    esac
-    if [ "${#1}" -gt 255 ]; then
-        printf 'secretsd: skipping %s: name longer than 255 bytes\n' "$1" >&2
-        return 0
-    fi
-    if [ ! -e "$2" ]; then
-        return 3
-    fi
-    if [ ! -r "$2" ]; then
-        printf 'secretsd: skipping %s: not readable\n' "$1" >&2
-        return 0
-    fi
-    __secretsd_rc=0
-    __secretsd_read "$2" || __secretsd_rc=$?
-    case $__secretsd_rc in
-        0) ;;
-        2) printf 'secretsd: skipping %s: value larger than %s bytes\n' "$1" "$__secretsd_max" >&2
-           return 0 ;;
-        *) [ -e "$2" ] || return 3
-           printf 'secretsd: skipping %s: cannot read\n' "$1" >&2
-           return 0 ;;
-    esac
-    if [ $((${#1} + ${#__secretsd_v} + 2)) -gt "$__secretsd_max" ]; then
-        printf 'secretsd: skipping %s: value larger than %s bytes\n' "$1" "$__secretsd_max" >&2
-        return 0
-    fi
-    export "$1=$__secretsd_v"
-    return 0
+# __secretsd_warn NAME REASON
+__secretsd_warn() {
+    printf 'secretsd: skipping %s: %s\n' "$1" "$2" >&2
 }
 
 # __secretsd_generation: the generation folder `..data` points at, resolved
@@ -117,34 +57,85 @@ __secretsd_generation() {
     return 0
 }
 
-# One pass: hand-made regular files first (they win over the generation,
-# see docs/format.md), then the generation's keys.
+# One pass. The top level is listed before `..data` is resolved: hand-made
+# regular files there win over the generation (docs/format.md explains the
+# order). The per-key work is inline, not in functions: it is the hot path.
 __secretsd_pass() {
     __secretsd_vanished=
-    __secretsd_skip=' '
+    __secretsd_hand=' '
     __secretsd_prev=$__secretsd_done
     __secretsd_done=' '
-    for __secretsd_f in "$__secretsd_dir"/*; do
-        if [ -h "$__secretsd_f" ] || [ ! -f "$__secretsd_f" ]; then continue; fi
+    set -- "$__secretsd_dir"/*
+    __secretsd_generation || __secretsd_gen=
+    IFS=' '  # posh joins "$@" into one word when IFS is empty
+    for __secretsd_f in "$@" ${__secretsd_gen:+"$__secretsd_gen"/*}; do
         __secretsd_n=${__secretsd_f##*/}
-        __secretsd_export "$__secretsd_n" "$__secretsd_f" || continue
-        __secretsd_skip="$__secretsd_skip$__secretsd_n "
-        __secretsd_done="$__secretsd_done$__secretsd_n "
-    done
-    __secretsd_generation || return 0
-    for __secretsd_f in "$__secretsd_gen"/*; do
-        [ -e "$__secretsd_f" ] || [ -h "$__secretsd_f" ] || continue
-        __secretsd_n=${__secretsd_f##*/}
-        case $__secretsd_skip in
-            *" $__secretsd_n "*)
-                # Still a regular file at the top: the hand edit wins.
-                [ -h "$__secretsd_dir/$__secretsd_n" ] || continue ;;
+        case $__secretsd_f in
+            "$__secretsd_gen"/*)
+                case $__secretsd_hand in
+                    *" $__secretsd_n "*) [ -h "$__secretsd_dir/$__secretsd_n" ] || continue ;;
+                esac ;;
+            *)
+                if [ -h "$__secretsd_f" ] || [ ! -f "$__secretsd_f" ]; then continue; fi
+                __secretsd_hand="$__secretsd_hand$__secretsd_n " ;;
         esac
-        if __secretsd_export "$__secretsd_n" "$__secretsd_f"; then
-            __secretsd_done="$__secretsd_done$__secretsd_n "
-        else
-            __secretsd_vanished=1
-        fi
+        case $__secretsd_n in
+            .* | load.sh) continue ;;
+            '*') [ -e "$__secretsd_f" ] || continue ;;  # an empty folder's glob
+        esac
+        case $__secretsd_n in
+            '' | [!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_]* | \
+            *[!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789]*)
+                __secretsd_warn "$__secretsd_n" 'not a valid variable name'
+                continue ;;
+            IFS | PS1 | PS2 | PS4 | ENV | BASH_ENV | SHELLOPTS | BASHOPTS | CDPATH | GLOBIGNORE | \
+            PATH | HOME | SHELL | PWD | OLDPWD | LD_* | SECRETSD_*)
+                __secretsd_warn "$__secretsd_n" 'reserved name'
+                continue ;;
+        esac
+        case ${#__secretsd_n} in
+            ???*) if [ "${#__secretsd_n}" -gt 255 ]; then
+                      __secretsd_warn "$__secretsd_n" 'name longer than 255 bytes'
+                      continue
+                  fi ;;
+        esac
+        # The file's exact bytes: `read` strips the newline it stops at, so
+        # add it back; the last read fails and holds what followed the final
+        # newline (maybe nothing). A failed open is not fatal in any shell
+        # when the compound command is the left side of `||`.
+        __secretsd_v=
+        __secretsd_big=
+        IFS=
+        { while :; do
+            if read -r __secretsd_l; then
+                __secretsd_v=$__secretsd_v$__secretsd_l'
+'
+                # Only a six-digit length can pass the limit: a `case` on the
+                # digit count is cheaper than a test on every line.
+                case ${#__secretsd_v} in
+                    ??????*) if [ "${#__secretsd_v}" -gt "$__secretsd_max" ]; then __secretsd_big=1; break; fi ;;
+                esac
+            else
+                __secretsd_v=$__secretsd_v$__secretsd_l
+                break
+            fi
+        done; } 2>/dev/null <"$__secretsd_f" || {
+            if [ -e "$__secretsd_f" ]; then
+                __secretsd_warn "$__secretsd_n" 'cannot read'
+            else
+                __secretsd_vanished=1  # a generation collected mid-read
+            fi
+            continue
+        }
+        case $__secretsd_big${#__secretsd_v} in
+            1* | ??????*)
+                if [ -n "$__secretsd_big" ] || [ $((${#__secretsd_n} + ${#__secretsd_v} + 2)) -gt "$__secretsd_max" ]; then
+                    __secretsd_warn "$__secretsd_n" "value larger than $__secretsd_max bytes"
+                    continue
+                fi ;;
+        esac
+        export "$__secretsd_n=$__secretsd_v"
+        __secretsd_done="$__secretsd_done$__secretsd_n "
     done
     # A retry must not keep keys only the abandoned generation had.
     IFS=' '
@@ -170,8 +161,8 @@ if [ -n "$__secretsd_lc_set" ]; then LC_ALL=$__secretsd_lc; else unset LC_ALL; f
 if [ -n "$__secretsd_ifs_set" ]; then IFS=$__secretsd_ifs; else unset IFS; fi
 [ -z "$__secretsd_a" ] || set -a
 [ -z "$__secretsd_nf" ] || set -f
-unset -f __secretsd_read __secretsd_export __secretsd_generation __secretsd_pass
+unset -f __secretsd_warn __secretsd_generation __secretsd_pass
 unset __secretsd_ifs_set __secretsd_ifs __secretsd_lc_set __secretsd_lc __secretsd_dir \
-    __secretsd_max __secretsd_skip __secretsd_rc __secretsd_nf __secretsd_done __secretsd_prev __secretsd_v __secretsd_l __secretsd_gen \
+    __secretsd_max __secretsd_rc __secretsd_nf __secretsd_done __secretsd_prev __secretsd_hand __secretsd_big __secretsd_v __secretsd_l __secretsd_gen \
     __secretsd_g __secretsd_f __secretsd_n __secretsd_vanished __secretsd_try __secretsd_a
 if [ -n "$__secretsd_x" ]; then unset __secretsd_x; set -x; else unset __secretsd_x; fi

@@ -187,3 +187,30 @@ def test_serve_uses_env_token_and_restarts_on_same_data(tmp_path: Path) -> None:
             assert httpx.get(s2.url + "/cp/admin/workspaces", headers={"Authorization": "Bearer no"}).status_code == 403
     finally:
         stop_server(s2)
+
+
+def test_group_commit_refuses_only_the_bad_pushes(server: Server) -> None:
+    with server.client() as c:
+        assert c.post("/cp/admin/workspaces", json={"id": "g"}).status_code == 201
+    n = 24
+    barrier = threading.Barrier(n)
+    out: dict[int, tuple[int, dict]] = {}
+
+    def client(i: int) -> None:
+        body: dict = {"env": {"K": f"v{i}"}}
+        if i % 4 == 0:
+            body["expected_versions"] = {"K": 10_000}  # always stale: must be refused alone
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}, timeout=60) as c:
+            barrier.wait()
+            r = c.post("/cp/admin/workspaces/g/env", json=body)
+            out[i] = (r.status_code, r.json())
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {i for i, (code, _) in out.items() if code == 409} == {i for i in range(n) if i % 4 == 0}
+    ok = {body["versions"]["K"]: i for i, (code, body) in out.items() if code == 200}
+    assert sorted(ok) == list(range(1, n - n // 4 + 1))
+    assert folder(server.data, "g") == {"K": f"v{ok[max(ok)]}".encode()}

@@ -83,15 +83,15 @@ def _push(cp: ControlPlane, owner: str, body: EnvPush, request: Request, idem: s
 
     scope = f"POST {request.scope['route'].path} {owner} {actor}"
     digest = cp.request_digest(body.model_dump()) if idem else ""
-    with cp.service.lock(owner):
-        if idem:
-            prior = cp.store.idempotent_answer(idem, scope)
-            if prior is not None:
-                return _replay(cp, owner, idem, scope, digest, prior)
-        result = cp.service.push(
-            owner, values, actor=actor, expected=body.expected_versions,
-            idempotency=(idem, scope, digest, answer) if idem else None,
-        )
+    if not idem:
+        result = cp.service.push(owner, values, actor=actor, expected=body.expected_versions)
+        return _finish(cp, owner, keys, result, body, idem, scope, digest)
+    with cp.service.lock(owner):  # check-then-store must be atomic for one key
+        prior = cp.store.idempotent_answer(idem, scope)
+        if prior is not None:
+            return _replay(cp, owner, idem, scope, digest, prior)
+        result = cp.service.push(owner, values, actor=actor, expected=body.expected_versions,
+                                 idempotency=(idem, scope, digest, answer))
     return _finish(cp, owner, keys, result, body, idem, scope, digest)
 
 

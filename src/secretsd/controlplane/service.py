@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from secretsd.controlplane.hosts import HostError, HostTarget
 from secretsd.format.rules import FormatError, Rules, encode_value, env_string_size
 from secretsd.store import GLOBAL, Change, Store
+from secretsd.store.store import PutRequest
 
 
 class InvalidBatch(Exception):
@@ -30,6 +31,16 @@ class InvalidBatch(Exception):
     @property
     def too_large(self) -> bool:
         return all(p.too_large for p in self.problems)
+
+
+@dataclass
+class _Queued:
+    """A workspace push waiting for the group commit."""
+
+    request: PutRequest
+    done: bool = False
+    result: WriteResult | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -105,6 +116,8 @@ class SecretsService:
         # Workspaces whose folder may lag the store: their next write is a full rewrite.
         self._dirty: set[str] = set(store.pending_workspaces())
         self._clearer = _PendingClearer(store)
+        self._queues: dict[str, list[_Queued]] = {}
+        self._queues_guard = threading.Lock()
 
     def flush_pending(self) -> None:
         """Wait until satisfied pending marks are cleared (for exact reads of the marks)."""
@@ -161,12 +174,42 @@ class SecretsService:
             self.check_budget(owner, values)
             change = self.store.put(GLOBAL, values, actor=actor, expected=expected, idempotency=idempotency)
             return self._fan_out(change)
+        # Group commit: queue the push; whoever holds the workspace lock next
+        # commits every queued push in one transaction and one folder write.
+        item = _Queued(PutRequest(values, actor, expected, idempotency))
+        with self._queues_guard:
+            self._queues.setdefault(owner, []).append(item)
         with self.lock(owner):
-            # The budget is checked inside the store transaction: concurrent pushes add up.
-            change = self.store.put(owner, values, actor=actor, expected=expected, idempotency=idempotency,
-                                    fits=self._fits)
-            failure = self._write_locked(owner, list(values), change.at, known=values)
-        return WriteResult(change, {owner: failure} if failure else {})
+            if not item.done:
+                with self._queues_guard:
+                    batch = self._queues.pop(owner, [])
+                self._commit_batch(owner, batch)
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _commit_batch(self, ws: str, batch: list[_Queued]) -> None:
+        """Commit queued pushes (caller holds the lock), write the merged batch, hand out results."""
+        try:
+            outcomes = self.store.put_many(ws, [q.request for q in batch], fits=self._fits)
+        except BaseException as exc:
+            for q in batch:
+                q.error, q.done = exc, True
+            raise
+        merged: dict[str, bytes] = {}
+        upto = 0.0
+        for q, res in zip(batch, outcomes):
+            if isinstance(res, Change):
+                merged.update(q.request.values)  # later pushes win, as their versions do
+                upto = max(upto, res.at)
+        failure = self._write_locked(ws, sorted(merged), upto, known=merged) if merged else None
+        for q, res in zip(batch, outcomes):
+            if isinstance(res, Change):
+                q.result = WriteResult(res, {ws: failure} if failure else {})
+            else:
+                q.error = res
+            q.done = True
 
     def delete(self, owner: str, name: str, *, actor: str) -> WriteResult:
         if owner == GLOBAL:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -62,6 +63,14 @@ _DEL_PENDING = delete(_P).where(_P.c.workspace == bindparam("ws"), _P.c.name.in_
                                 _P.c.since <= bindparam("upto"))
 _DEL_PENDING_ALL = delete(_P).where(_P.c.workspace == bindparam("ws"), _P.c.since <= bindparam("upto"))
 _Q_LIVE = select(_H).where(_H.c.owner.in_(bindparam("owners", expanding=True)), _H.c.deleted.is_(False))
+
+
+@dataclass(frozen=True)
+class PutRequest:
+    values: Mapping[str, bytes]
+    actor: str
+    expected: Mapping[str, int] | None = None
+    idempotency: tuple[str, str, str, Callable[[Change], tuple[int, str]]] | None = None
 
 
 def sha8(value: bytes) -> str:
@@ -222,6 +231,28 @@ class Store:
         # Encrypt outside the transaction? The version is in the AAD, so it is
         # only known inside; AES-GCM is microseconds, so do it there.
         return self._retrying(lambda c: self._put(c, owner, values, actor, expected, action, idempotency, fits))  # type: ignore[return-value]
+
+    def put_many(
+        self,
+        owner: str,
+        requests: list[PutRequest],
+        *,
+        fits: Callable[[dict[str, int]], None] | None = None,
+    ) -> list[Change | Exception]:
+        """Several independent puts to one owner in ONE transaction (group commit).
+
+        Each runs in its own savepoint, in order: one refused request (version
+        conflict, budget, ...) returns its exception and leaves the others.
+        """
+        out: list[Change | Exception] = []
+        with self._write() as c:
+            for req in requests:
+                try:
+                    with c.begin_nested():
+                        out.append(self._put(c, owner, req.values, req.actor, req.expected, "set", req.idempotency, fits))
+                except Exception as exc:  # noqa: BLE001 - handed back to that request's caller
+                    out.append(exc)
+        return out
 
     def _put(
         self,

@@ -49,7 +49,8 @@ bench: deps
 	$(BIN)/python bench/run.py
 
 lint: deps
-	shellcheck src/secretsd/format/sh/*
+	shellcheck -s sh src/secretsd/format/sh/*
+	shellcheck -e SC1091 examples/templates/*/*.sh examples/templates/bash-strict/lib/*.sh
 
 clean:
 	rm -rf $(VENV) var build dist src/*.egg-info

@@ -12,12 +12,15 @@ import pytest
 
 from secretsd.runtime import procfs
 
-from .conftest import Sandboxes, canary, needs_loader, needs_sandbox, write_secrets
+from .conftest import PROBE, Sandboxes, canary, needs_loader, needs_sandbox, write_secrets
 
 pytestmark = [needs_sandbox, needs_loader]
 
 #: template -> uid of its agent
 GUARDED = {"sh-reexec": 1000, "bash-strict": 1000, "program-entrypoint": 0}
+
+#: test-only: sh-reexec with `set -x` before the guard
+TRACE_FIRST = PROBE.parent / "trace-first"
 
 
 def _assert_no_values(text: str, *values: bytes) -> None:
@@ -78,9 +81,10 @@ def test_no_guard_template_misses_pushed_secrets(sandboxes: Sandboxes) -> None:
 
 
 def test_guard_runs_twice_under_set_x_without_values(sandboxes: Sandboxes) -> None:
+    """A test-only template that switches ``set -x`` on before the guard, so
+    load.sh runs traced in both passes: the trace names no value."""
     rt, key, tok = sandboxes.rt, canary("key"), canary("tok")
-    sandboxes.provision("twice", "sh-reexec", env={"ENTRYPOINT_TRACE": "1"},
-                        secrets={"API_KEY": key, "GIT_TOKEN": tok})
+    sandboxes.provision("twice", TRACE_FIRST, secrets={"API_KEY": key, "GIT_TOKEN": tok})
     log = sandboxes.wait_log("twice", "agent-runtime: ready")
     assert log.count(". /configs/secrets.d/load.sh") == 2  # root pass, then agent pass
     assert "exec gosu agent /entrypoint.sh" in log
@@ -96,6 +100,19 @@ def test_guard_runs_twice_under_set_x_without_values(sandboxes: Sandboxes) -> No
     netrc = rt.rootfs("twice") / "home/agent/.netrc"
     assert tok in netrc.read_bytes()
     assert (netrc.stat().st_uid, stat.S_IMODE(netrc.stat().st_mode)) == (1000, 0o600)
+
+
+def test_sh_reexec_guard_first_then_trace(sandboxes: Sandboxes) -> None:
+    """The example itself: guard on its first line, ENTRYPOINT_TRACE read after
+    it (so a pushed ENTRYPOINT_TRACE wins too); both passes run, nothing leaks."""
+    rt, key = sandboxes.rt, canary("key")
+    sandboxes.provision("first", "sh-reexec", env={"ENTRYPOINT_TRACE": "0"},
+                        secrets={"API_KEY": key, "ENTRYPOINT_TRACE": b"1"})
+    log = sandboxes.wait_log("first", "agent-runtime: ready")
+    assert "exec gosu agent /entrypoint.sh" in log  # traced: the pushed toggle won over the create-time one
+    assert ". /configs/secrets.d/load.sh" not in log  # the guard ran before tracing began
+    assert rt.main_environ("first")["API_KEY"] == key
+    _assert_no_values(log, key)
 
 
 def test_bash_strict_credential_file_boot_log_and_smoke(sandboxes: Sandboxes) -> None:

@@ -2,11 +2,11 @@
 # Entrypoint of the sh-reexec template: a root pass that fixes ownership,
 # then the same script again as the agent (so the guard below runs twice).
 
-# Trace the boot when asked (prints every command: never set it in production).
-if [ "${ENTRYPOINT_TRACE:-0}" = 1 ]; then set -x; fi
-
 # secretsd: export pushed secrets (one file per variable in /configs/secrets.d).
 if [ -f /configs/secrets.d/load.sh ]; then . /configs/secrets.d/load.sh; fi
+
+# Trace the boot when asked (prints every command: never set it in production).
+if [ "${ENTRYPOINT_TRACE:-0}" = 1 ]; then set -x; fi
 
 if [ "$(id -u)" = 0 ]; then
     mkdir -p /workspace

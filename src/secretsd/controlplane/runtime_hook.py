@@ -11,10 +11,13 @@ T = TypeVar("T")
 
 NO_RUNTIME = "no workspace runtime is configured on this control plane: restart is not available"
 
+#: Why this process runs without a runtime (set by ``serve`` when the wanted one is unavailable).
+unavailable_reason: str | None = None
+
 
 def require_runtime(runtime: Any | None) -> Any:
     if runtime is None:
-        raise ApiError(501, NO_RUNTIME)
+        raise ApiError(501, NO_RUNTIME + (f" ({unavailable_reason})" if unavailable_reason else ""))
     return runtime
 
 

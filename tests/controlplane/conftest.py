@@ -157,7 +157,8 @@ class Server:
         return httpx.Client(base_url=self.url, headers=auth(self.token), timeout=60, **kw)
 
 
-def start_server(data: Path, *, db_url: str | None = None, extra_env: dict[str, str] | None = None) -> Server:
+def start_server(data: Path, *, db_url: str | None = None, extra_env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> Server:
     port = free_port()
     log = data.parent / f"{data.name}-server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETSD_")}
@@ -165,6 +166,7 @@ def start_server(data: Path, *, db_url: str | None = None, extra_env: dict[str, 
     argv = [sys.executable, "-m", "secretsd.cli", "serve", "--data", str(data), "--port", str(port)]
     if db_url:
         argv += ["--db", db_url]
+    argv += args or []
     with open(log, "wb") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

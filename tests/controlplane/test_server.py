@@ -179,7 +179,7 @@ def test_serve_uses_env_token_and_restarts_on_same_data(tmp_path: Path) -> None:
     finally:
         stop_server(s)
     assert (s.data / "encryption.key").stat().st_mode & 0o777 == 0o600
-    s2 = start_server(tmp_path / "data", extra_env={"SECRETSD_ADMIN_TOKEN": token})
+    s2 = start_server(tmp_path / "data", extra_env={"SECRETSD_ADMIN_TOKEN": token}, args=["--demo"])
     try:
         with s2.client() as c:
             names = [x["name"] for x in c.get("/cp/admin/workspaces/w/env").json()["secrets"]]
@@ -187,6 +187,7 @@ def test_serve_uses_env_token_and_restarts_on_same_data(tmp_path: Path) -> None:
             assert httpx.get(s2.url + "/cp/admin/workspaces", headers={"Authorization": "Bearer no"}).status_code == 403
     finally:
         stop_server(s2)
+    assert "--demo: no workspace runtime available yet" in s2.log.read_text()
 
 
 def test_group_commit_refuses_only_the_bad_pushes(server: Server) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPBearer
 
 from secretsd import __version__
-from secretsd.controlplane import errors
+from secretsd.controlplane import errors, routes_admin, routes_env, routes_workspaces
 from secretsd.controlplane.auth import TokenCheck, load_admin_token
 from secretsd.controlplane.context import ControlPlane
 from secretsd.controlplane.errors import SafeJSONResponse
@@ -95,15 +95,9 @@ def create_app(
         "through to each workspace's secrets.d, and re-materialised on every provision and restart.",
         default_response_class=SafeJSONResponse,
         responses=_ERRORS,
-        dependencies=[],
     )
-    from secretsd.controlplane import routes_admin, routes_env, routes_workspaces
-
-    bearer = [HTTPBearerDoc()]
-    from fastapi import Depends
-
     for r in (routes_env.router, routes_workspaces.router):
-        app.include_router(r, dependencies=[Depends(b) for b in bearer])
+        app.include_router(r, dependencies=[Depends(HTTPBearerDoc())])
     app.include_router(routes_admin.router)
     errors.install(app)
     _store_errors(app)

@@ -108,14 +108,52 @@ def delete_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceI
 
 @router.post(BASE + "/{workspace_id}/restart", response_model=RestartResult, summary="Materialise, then restart")
 def restart_workspace(workspace_id: WsId, request: Request, cp: CP, body: RestartRequest | None = None) -> RestartResult:
-    cp.store.get_workspace(workspace_id)
+    ws = cp.store.get_workspace(workspace_id)
     runtime = runtime_hook.require_runtime(cp.runtime)
     mode = (body or RestartRequest()).mode
+    _materialise_first(cp, workspace_id, "restarted")
+    if not _provision_if_lost(cp, runtime, ws):
+        runtime_hook.call(runtime.restart, workspace_id, mode)
+    cp.store.record_event(actor_of(request), f"workspace.{mode}", workspace_id)
+    return RestartResult(workspace_id=workspace_id, mode=mode, materialised=True, restarted=True)
+
+
+def _materialise_first(cp: ControlPlane, workspace_id: str, what: str) -> None:
     try:
         cp.service.materialise(workspace_id)
     except HostError as exc:
-        # Booting on a stale folder would lose the pushed values: do not restart.
-        raise ApiError(503 if exc.transient else 502, f"not restarted: {exc}") from None
-    runtime_hook.call(runtime.restart, workspace_id, mode)
-    cp.store.record_event(actor_of(request), f"workspace.{mode}", workspace_id)
-    return RestartResult(workspace_id=workspace_id, mode=mode, materialised=True, restarted=True)
+        # Booting on a stale folder would lose the pushed values: do not boot.
+        raise ApiError(503 if exc.transient else 502, f"not {what}: {exc}") from None
+
+
+def _provision_if_lost(cp: ControlPlane, runtime: Any, ws: Workspace) -> bool:
+    """The runtime no longer knows the workspace (its state was wiped, or the control plane
+    now runs another runtime): provision it again from the stored create-time snapshot."""
+    if runtime_hook.call(runtime.status, ws.id).state != "absent":
+        return False
+    from secretsd.runtime.base import WorkspaceSpec
+
+    spec = WorkspaceSpec(id=ws.id, template=ws.template, env=cp.store.workspace_env(ws.id),
+                         configs_dir=cp.host.configs_dir(ws.id))
+    runtime_hook.call(runtime.provision, spec)
+    return True
+
+
+@router.post(BASE + "/{workspace_id}/start", response_model=WorkspaceInfo, summary="Materialise, then start a stopped workspace")
+def start_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceInfo:
+    ws = cp.store.get_workspace(workspace_id)
+    runtime = runtime_hook.require_runtime(cp.runtime)
+    _materialise_first(cp, workspace_id, "started")
+    if not _provision_if_lost(cp, runtime, ws):
+        runtime_hook.call(runtime.start, workspace_id)  # a running workspace is left as it is
+    cp.store.record_event(actor_of(request), "workspace.start", workspace_id)
+    return _info(cp, ws, materialised=True, detail=True)
+
+
+@router.post(BASE + "/{workspace_id}/stop", response_model=WorkspaceInfo, summary="Stop a workspace (its secrets stay)")
+def stop_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceInfo:
+    ws = cp.store.get_workspace(workspace_id)
+    runtime = runtime_hook.require_runtime(cp.runtime)
+    runtime_hook.call(runtime.stop, workspace_id)
+    cp.store.record_event(actor_of(request), "workspace.stop", workspace_id)
+    return _info(cp, ws, detail=True)

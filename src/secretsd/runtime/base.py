@@ -18,8 +18,11 @@ from typing import Literal, Protocol, runtime_checkable
 State = Literal["running", "stopped", "exited", "absent"]
 RestartMode = Literal["recreate", "restart"]
 
-#: Ids become folder names, hostnames and container names: keep them tame.
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+#: Ids become folder names and container names: keep them tame. The length
+#: matches the control plane's API (128); the hostname is cut to 63 (see
+#: ``hostname_for``), so no id the API accepts is refused here.
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+HOSTNAME_MAX = 63
 
 
 @dataclass
@@ -85,8 +88,13 @@ class MainProcessUnavailable(WorkspaceError):
 
 def check_id(workspace: str) -> str:
     if not ID_RE.fullmatch(workspace):
-        raise InvalidWorkspace(f"invalid workspace id {workspace[:80]!r}: use [A-Za-z0-9_.-], at most 63")
+        raise InvalidWorkspace(f"invalid workspace id {workspace[:80]!r}: use [A-Za-z0-9_.-], at most 128")
     return workspace
+
+
+def hostname_for(workspace: str) -> str:
+    """The workspace's hostname: its id, cut to the 63 characters a hostname may have."""
+    return workspace[:HOSTNAME_MAX]
 
 
 @runtime_checkable

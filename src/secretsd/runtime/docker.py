@@ -37,6 +37,7 @@ from secretsd.runtime.base import (
     WorkspaceSpec,
     WorkspaceStatus,
     check_id,
+    hostname_for,
 )
 from secretsd.runtime.image import resolve
 from secretsd.runtime.sandbox import SHIM, SHIM_PATH
@@ -169,7 +170,7 @@ class DockerRuntime:
         if SHIM.is_file():
             volumes[str(SHIM)] = {"bind": SHIM_PATH, "mode": "ro"}
         return self.client.containers.create(
-            tag, name=f"secretsd-{id}", hostname=id[:63], environment=env, volumes=volumes,
+            tag, name=f"secretsd-{id}", hostname=hostname_for(id), environment=env, volumes=volumes,
             labels={LABEL: id, "io.secretsd.configs": str(configs), "io.secretsd.restarts": str(restarts),
                     "io.secretsd.template": str(template)},
             detach=True,

@@ -74,6 +74,7 @@ from secretsd.runtime.base import (
     WorkspaceStartFailed,
     WorkspaceStatus,
     check_id,
+    hostname_for,
 )
 
 BWRAP = "/usr/bin/bwrap"
@@ -291,7 +292,7 @@ class SandboxRuntime:
 
     def _build_env(self, id: str, image: img.Image, snapshot: Mapping[str, str]) -> dict[str, str]:
         uid, _, home = img.user_ids(image.user)
-        env = {"PATH": img.DEFAULT_PATH, "HOSTNAME": id}
+        env = {"PATH": img.DEFAULT_PATH, "HOSTNAME": hostname_for(id)}
         env.update(image.env)
         env.update(snapshot)
         env.setdefault("HOME", home)
@@ -330,7 +331,7 @@ class SandboxRuntime:
         protected = placed | set(extra)
         args = [
             BWRAP, "--unshare-pid", "--unshare-uts", "--unshare-ipc", "--unshare-cgroup-try",
-            "--as-pid-1", "--new-session", "--hostname", id,
+            "--as-pid-1", "--new-session", "--hostname", hostname_for(id),
             "--json-status-fd", str(status_fd), "--cap-drop", "ALL",
         ]
         for cap in CAPS:

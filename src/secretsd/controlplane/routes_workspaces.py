@@ -131,6 +131,9 @@ def _provision_if_lost(cp: ControlPlane, runtime: Any, ws: Workspace) -> bool:
     now runs another runtime): provision it again from the stored create-time snapshot."""
     if runtime_hook.call(runtime.status, ws.id).state != "absent":
         return False
+    if ws.template is None:
+        raise ApiError(409, f"workspace {ws.id} has no template: it holds secrets only and runs outside "
+                            "this control plane's runtime (create it with a template to run it here)")
     from secretsd.runtime.base import WorkspaceSpec
 
     spec = WorkspaceSpec(id=ws.id, template=ws.template, env=cp.store.workspace_env(ws.id),

@@ -11,14 +11,17 @@ import click
 from secretsd.store.engine import DB_ENV
 
 
-def demo_runtime(data_dir: Path) -> Any | None:
-    """Hook for ``serve --demo``: the workspace runtime to wire in, or None.
+def select_runtime(name: str, data_dir: Path, templates: Path | None) -> Any | None:
+    """The workspace runtime to wire in, or None (secrets only: restart routes
+    answer 501 with the reason). Says on stderr which, and why."""
+    from secretsd.controlplane import runtime_hook
+    from secretsd.runtime.catalog import default_templates
+    from secretsd.runtime.catalog import select_runtime as pick
 
-    The runtime issue fills this in (local sandbox runtime + example
-    workspaces); until then ``--demo`` just serves.
-    """
-    return None
-
+    sel = pick(name, data_dir, templates or default_templates())
+    click.echo(sel.message, err=True)
+    runtime_hook.unavailable_reason = sel.unavailable
+    return sel.runtime
 
 @click.command("serve")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("./var"),
@@ -26,10 +29,17 @@ def demo_runtime(data_dir: Path) -> Any | None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--db", "db_url", default=None, help=f"SQLAlchemy URL (default: ${DB_ENV}, else SQLite in --data).")
-@click.option("--demo", is_flag=True, help="Also provision the example workspaces (needs the runtime).")
+@click.option("--runtime", "runtime_name", type=click.Choice(["sandbox", "docker", "none"]), default="sandbox",
+              show_default=True, help="Workspace runtime: the local bubblewrap sandbox (host root), Docker, or none "
+              "(secrets only). One that cannot run here falls back to none, saying why.")
+@click.option("--templates", "templates_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help='Templates folder: {"template": NAME} names a folder in it '
+              "(default: the repo's examples/templates).")
+@click.option("--demo", is_flag=True, help="Also provision one workspace per template (needs the runtime).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(data_dir: Path, host: str, port: int, db_url: str | None, demo: bool, log_level: str) -> None:
+def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name: str, templates_dir: Path | None,
+          demo: bool, log_level: str) -> None:
     """Run the control plane (FastAPI + uvicorn) with embedded defaults."""
     import uvicorn
 
@@ -38,9 +48,9 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, demo: bool, 
 
     data_dir.mkdir(parents=True, exist_ok=True)
     token, token_file = load_admin_token(data_dir)
-    runtime = demo_runtime(data_dir) if demo else None
+    runtime = select_runtime(runtime_name, data_dir, templates_dir)
     if demo and runtime is None:
-        click.echo("--demo: no workspace runtime available yet; serving the API only", err=True)
+        click.echo("--demo: no workspace runtime, so no example workspaces; serving the API only", err=True)
     app = create_app(
         AppConfig(data_dir=data_dir, db_url=db_url or os.environ.get(DB_ENV), admin_token=token),
         runtime=runtime,
@@ -48,6 +58,12 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, demo: bool, 
     where = f"in {token_file.resolve()} (0600)" if token_file else f"from ${TOKEN_ENV}"
     # Say where the token is, never the token itself.
     click.echo(f"secretsd control plane on http://{host}:{port}  admin token: {where}", err=True)
+    if demo and runtime is not None:
+        from secretsd.acceptance import examples  # an API client: it does not import the control plane
+
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+        examples.run_in_background(url, token, data_dir, runtime.catalog.names(), token_file,
+                                   lambda line: click.echo(line, err=True))
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"))
 
 

@@ -78,6 +78,9 @@ class CatalogRuntime:
         self.name = inner.name
 
     def provision(self, spec: WorkspaceSpec) -> None:
+        """A workspace without a template is secrets only (it runs elsewhere): nothing to start."""
+        if spec.template is None:
+            return
         folder = self.catalog.resolve(spec.template)
         self.inner.provision(dataclasses.replace(spec, template=str(folder)))
 

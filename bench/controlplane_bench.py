@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,6 +154,10 @@ def start_server(data: Path, db: str | None) -> tuple[subprocess.Popen[bytes], i
             "--log-level", "warning"]
     if db:
         argv += ["--db", db]
+    from secretsd.controlplane.commands import serve
+
+    if "runtime_name" in {p.name for p in serve.params}:
+        argv += ["--runtime", "none"]  # pushes only: no sandbox per bench workspace
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from secretsd.controlplane.app import AppConfig, create_app
-from secretsd.controlplane.hosts import LocalHost
+from secretsd.controlplane.commands import serve
 from secretsd.format.writer import SecretsDir
 from store.pgserver import PgCluster, shared_cluster, unavailable_reason
 
@@ -166,6 +166,8 @@ def start_server(data: Path, *, db_url: str | None = None, extra_env: dict[str, 
     argv = [sys.executable, "-m", "secretsd.cli", "serve", "--data", str(data), "--port", str(port)]
     if db_url:
         argv += ["--db", db_url]
+    if "runtime_name" in {p.name for p in serve.params}:
+        argv += ["--runtime", "none"]  # these tests are about secrets, not sandboxes
     argv += args or []
     with open(log, "wb") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)

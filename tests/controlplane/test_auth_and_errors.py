@@ -15,6 +15,8 @@ ROUTES = [
     ("GET", "/cp/admin/workspaces/w1"),
     ("DELETE", "/cp/admin/workspaces/w1"),
     ("POST", "/cp/admin/workspaces/w1/restart"),
+    ("POST", "/cp/admin/workspaces/w1/start"),
+    ("POST", "/cp/admin/workspaces/w1/stop"),
     ("POST", "/cp/admin/workspaces/w1/env"),
     ("GET", "/cp/admin/workspaces/w1/env"),
     ("DELETE", "/cp/admin/workspaces/w1/env/A"),

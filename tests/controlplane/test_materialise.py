@@ -7,7 +7,6 @@ import os
 import shutil
 from collections.abc import Callable
 
-import pytest
 
 from secretsd.controlplane.hosts import LocalHost
 from secretsd.runtime.base import WorkspaceStartFailed

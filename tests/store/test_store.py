@@ -12,7 +12,6 @@ from sqlalchemy import select, update
 
 from secretsd.store import GLOBAL, AlreadyExists, KeyRing, NotFound, Store, VersionConflict
 from secretsd.store import schema as S
-from secretsd.store.crypto import KeyRingError, read_key_file
 
 
 def canary() -> bytes:

@@ -32,6 +32,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "workspace": ("secretsd.runtime.commands", "workspace"),
     "audit": ("secretsd.templates.commands", "audit"),
     "patch": ("secretsd.templates.commands", "patch"),
+    "verify-restart": ("secretsd.acceptance.commands", "verify_restart"),
+    "demo": ("secretsd.acceptance.commands", "demo"),
 }
 
 

@@ -60,6 +60,7 @@ DATA_TMP = "..data_tmp"
 GEN_PREFIX = "..gen-"
 TMP_PREFIX = "..tmp-"
 LOADER_MODE = 0o644
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LOADER_VERSION_TAG = b"# secretsd-load-version: "
 
 #: A superseded generation stays this long so that a reader that resolved it
@@ -212,7 +213,7 @@ class SecretsDir:
                         pass
                 try:
                     nfd = os.open(
-                        part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                        part, _DIR_NOFOLLOW, dir_fd=fd
                     )
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -321,43 +322,45 @@ class SecretsDir:
             target = None  # a planted link pointing anywhere else is not ours
         return target, entries
 
-    def _generation_values(self, fd: int, gen: str | None) -> dict[str, bytes]:
-        values: dict[str, bytes] = {}
-        if gen is None:
-            return values
+    @contextmanager
+    def _opened_gen(self, fd: int, gen: str | None) -> Iterator[int | None]:
+        """The generation folder's fd (never through a link), or None."""
+        gfd = self._open_gen(fd, gen)
         try:
-            gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-        except OSError:
-            return values
-        try:
-            for ent in os.scandir(gfd):
-                if is_ignored_silently(ent.name):
-                    continue
-                try:
-                    self.rules.check_name(ent.name)
-                except FormatError:
-                    continue
-                data = self._read_file(gfd, ent.name)
-                if data is not None:
-                    values[ent.name] = data
+            yield gfd
         finally:
-            os.close(gfd)
+            if gfd is not None:
+                os.close(gfd)
+
+    def _is_key(self, name: str) -> bool:
+        if is_ignored_silently(name):
+            return False
+        try:
+            self.rules.check_name(name)
+        except FormatError:
+            return False
+        return True
+
+    def _values(self, dir_fd: int, names: Iterable[str]) -> dict[str, bytes]:
+        values: dict[str, bytes] = {}
+        for name in names:
+            if self._is_key(name):
+                data = self._read_file(dir_fd, name)
+                if data is not None:
+                    values[name] = data
         return values
 
-    def _hand_files(self, entries: list[os.DirEntry[str]], fd: int) -> dict[str, bytes]:
+    def _generation_values(self, fd: int, gen: str | None) -> dict[str, bytes]:
+        with self._opened_gen(fd, gen) as gfd:
+            return {} if gfd is None else self._values(gfd, os.listdir(gfd))
+
+    @staticmethod
+    def _hand_names(entries: list[os.DirEntry[str]]) -> list[str]:
         """Regular files at the top: hand-made or hand-replaced secrets."""
-        values: dict[str, bytes] = {}
-        for ent in entries:
-            if is_ignored_silently(ent.name) or ent.is_symlink() or not ent.is_file(follow_symlinks=False):
-                continue
-            try:
-                self.rules.check_name(ent.name)
-            except FormatError:
-                continue
-            data = self._read_file(fd, ent.name)
-            if data is not None:
-                values[ent.name] = data
-        return values
+        return [e.name for e in entries if not e.is_symlink() and e.is_file(follow_symlinks=False)]
+
+    def _hand_files(self, entries: list[os.DirEntry[str]], fd: int) -> dict[str, bytes]:
+        return self._values(fd, self._hand_names(entries))
 
     def _current(self, fd: int) -> tuple[str | None, dict[str, bytes], dict[str, bytes]]:
         gen, entries = self._scan(fd)
@@ -499,7 +502,7 @@ class SecretsDir:
         ofd = self._open_gen(fd, old_gen)
         try:
             os.mkdir(gen, DIR_MODE, dir_fd=fd)
-            gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            gfd = os.open(gen, _DIR_NOFOLLOW, dir_fd=fd)
             try:
                 self._fix_attrs(gfd, None, DIR_MODE)
                 for key_now, value in new.items():
@@ -549,7 +552,7 @@ class SecretsDir:
         if gen is None:
             return None
         try:
-            return os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            return os.open(gen, _DIR_NOFOLLOW, dir_fd=fd)
         except OSError:
             return None
 
@@ -650,9 +653,8 @@ class SecretsDir:
 
     def _drifted(self, fd: int, gen: str) -> bool:
         """Mode, owner or type of the current generation changed by someone."""
-        try:
-            gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-        except OSError:
+        gfd = self._open_gen(fd, gen)
+        if gfd is None:
             return True
         try:
             st = os.fstat(gfd)
@@ -732,38 +734,20 @@ class SecretsDir:
         try:
             gen, entries = self._scan(fd)
             out: dict[str, Entry] = {}
-            if gen is not None:
-                try:
-                    gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except OSError:
-                    gfd = None
+            with self._opened_gen(fd, gen) as gfd:
                 if gfd is not None:
-                    try:
-                        out.update(self._entries(gfd, list(os.scandir(gfd)), "generation"))
-                    finally:
-                        os.close(gfd)
-            out.update(
-                self._entries(fd, [e for e in entries if not e.is_symlink() and e.is_file(follow_symlinks=False)], "file")
-            )
+                    out.update(self._entries(gfd, os.listdir(gfd), "generation"))
+            out.update(self._entries(fd, self._hand_names(entries), "file"))
             return [out[k] for k in sorted(out)]
         finally:
             os.close(fd)
 
-    def _entries(self, dir_fd: int, entries: list[os.DirEntry[str]], source: str) -> dict[str, Entry]:
+    def _entries(self, dir_fd: int, names: Iterable[str], source: str) -> dict[str, Entry]:
         out = {}
-        for ent in entries:
-            if is_ignored_silently(ent.name):
-                continue
-            try:
-                self.rules.check_name(ent.name)
-            except FormatError:
-                continue
-            data = self._read_file(dir_fd, ent.name)
-            if data is None:
-                continue
-            st = ent.stat(follow_symlinks=False)
-            out[ent.name] = Entry(
-                ent.name, len(data), fingerprint(data), st.st_mtime, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, source
+        for name, data in self._values(dir_fd, names).items():
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            out[name] = Entry(
+                name, len(data), fingerprint(data), st.st_mtime, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, source
             )
         return out
 
@@ -773,24 +757,9 @@ class SecretsDir:
         try:
             gen, entries = self._scan(fd)
             names = {e.name for e in entries if not e.is_symlink()}
-            if gen is not None:
-                try:
-                    gfd = os.open(gen, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except OSError:
-                    gfd = None
+            with self._opened_gen(fd, gen) as gfd:
                 if gfd is not None:
-                    try:
-                        names |= set(os.listdir(gfd))
-                    finally:
-                        os.close(gfd)
-            out = []
-            for n in names:
-                if is_ignored_silently(n):
-                    continue
-                try:
-                    self.rules.check_name(n)
-                except FormatError:
-                    out.append(n)
-            return sorted(out)
+                    names |= set(os.listdir(gfd))
+            return sorted(n for n in names if not is_ignored_silently(n) and not self._is_key(n))
         finally:
             os.close(fd)

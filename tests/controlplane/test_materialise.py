@@ -184,3 +184,23 @@ def test_metrics_by_route_template(env: Env) -> None:
     assert "/cp/admin/workspaces/w1" not in text and "metric-secret" not in text
     assert "secretsd_writethrough_seconds_count" in text and "secretsd_pending_writes" in text
     assert "secretsd_http_request_duration_seconds_bucket" in text
+
+
+def test_start_materialises_first_and_stop(make_env: Callable[..., Env], tmp_path) -> None:
+    rt = RecordingRuntime(tmp_path / "data")
+    env = make_env(runtime=rt, data=tmp_path / "data")
+    env.create("w1")
+    env.push("w1", {"A": "1"})
+    assert env.client.post("/cp/admin/workspaces/w1/stop").status_code == 200
+    assert rt.calls[-1] == ("stop", "w1")
+    shutil.rmtree(sd(env))
+    assert env.client.post("/cp/admin/workspaces/w1/start").status_code == 200
+    assert rt.calls[-1] == ("start", "w1") and rt.seen[-1] == {"A": b"1"}
+    actions = [e["action"] for e in env.client.get("/cp/admin/audit", params={"workspace": "w1"}).json()["events"]]
+    assert actions[:2] == ["workspace.start", "workspace.stop"]
+
+
+def test_start_and_stop_without_runtime_are_501(env: Env) -> None:
+    for verb in ("start", "stop"):
+        assert env.client.post(f"/cp/admin/workspaces/w1/{verb}").status_code == 501
+        assert env.client.post(f"/cp/admin/workspaces/ghost/{verb}").status_code == 404

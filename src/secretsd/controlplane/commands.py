@@ -23,6 +23,19 @@ def select_runtime(name: str, data_dir: Path, templates: Path | None) -> Any | N
     runtime_hook.unavailable_reason = sel.unavailable
     return sel.runtime
 
+def _no_core_dumps() -> None:
+    """The server holds every value in clear in memory: never let a crash write it to a core file."""
+    import ctypes
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    try:  # PR_SET_DUMPABLE = 4: also blocks ptrace by other uids and core_pattern pipes
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 @click.command("serve")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("./var"),
               show_default=True, help="Database, key file, admin token and workspace folders.")
@@ -41,6 +54,7 @@ def select_runtime(name: str, data_dir: Path, templates: Path | None) -> Any | N
 def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name: str, templates_dir: Path | None,
           demo: bool, log_level: str) -> None:
     """Run the control plane (FastAPI + uvicorn) with embedded defaults."""
+    _no_core_dumps()
     import uvicorn
 
     from secretsd.controlplane.app import AppConfig, create_app

@@ -23,6 +23,7 @@ def select_runtime(name: str, data_dir: Path, templates: Path | None) -> Any | N
     runtime_hook.unavailable_reason = sel.unavailable
     return sel.runtime
 
+
 def _no_core_dumps() -> None:
     """The server holds every value in clear in memory: never let a crash write it to a core file."""
     import ctypes

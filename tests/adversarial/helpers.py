@@ -56,7 +56,7 @@ class Server:
         env["SECRETSD_ADMIN_TOKEN"] = self.token
         env.update(self.extra_env)
         argv = [sys.executable, "-m", "secretsd.cli", "serve", "--data", str(self.data), "--port", str(self.port),
-                *self.extra_args]
+                *_runtime_args(self.extra_args), *self.extra_args]
         fh = open(self.log, "ab")
         try:
             self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -96,6 +96,15 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
+
+
+def _runtime_args(extra: list[str]) -> list[str]:
+    """This suite is about secrets, not sandboxes: no runtime unless a test asks for one."""
+    from secretsd.controlplane.commands import serve
+
+    if "--runtime" not in extra and "runtime_name" in {p.name for p in serve.params}:
+        return ["--runtime", "none"]
+    return []
 
 
 def make_server(tmp: Path, name: str = "data", *, args: list[str] | None = None,

@@ -244,6 +244,13 @@ class Store:
         Each runs in its own savepoint, in order: one refused request (version
         conflict, budget, ...) returns its exception and leaves the others.
         """
+        if len(requests) == 1:  # no savepoint needed: the transaction is the request
+            req = requests[0]
+            try:
+                with self._write() as c:
+                    return [self._put(c, owner, req.values, req.actor, req.expected, "set", req.idempotency, fits)]
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                return [exc]
         out: list[Change | Exception] = []
         with self._write() as c:
             for req in requests:
@@ -265,9 +272,10 @@ class Store:
         idempotency: tuple[str, str, str, Callable[[Change], tuple[int, str]]] | None,
         fits: Callable[[dict[str, int]], None] | None = None,
     ) -> Change:
-        self._require_owner(c, owner)
         names = sorted(values)
         heads = self._heads(c, owner, names, lock=True)
+        if not heads:  # a key of this owner exists only while the workspace does
+            self._require_owner(c, owner)
         self._check_expected(heads, expected or {})
         if fits is not None:
             sizes: dict[str, int] = {}
@@ -554,6 +562,11 @@ class Store:
                     targets[ws] = hit
         if not targets:
             return []
+        if owner != GLOBAL:
+            # Replace the marks: a re-stamped mark is never cleared by an older write.
+            c.execute(_DEL_PENDING, {"ws": owner, "names": names, "upto": 1e18})
+            c.execute(_INS_PENDING, [{"workspace": owner, "name": n, "since": now} for n in names])
+            return [owner]
         existing = {(r.workspace, r.name) for r in c.execute(_Q_PENDING, {"ws": list(targets), "names": names}).all()}
         if existing:
             c.execute(_UPD_PENDING, [{"b_ws": w, "b_name": n, "b_since": now} for w, n in sorted(existing)])

@@ -460,7 +460,8 @@ class SecretsDir:
 
     def _link(self, fd: int, key: str) -> None:
         """Point KEY at ``..data/KEY`` by renaming a fresh link over it."""
-        tmp = f"{TMP_PREFIX}link-{key}"
+        # Hashed, not the key itself: "..tmp-link-" + a 255-byte name would exceed NAME_MAX.
+        tmp = f"{TMP_PREFIX}link-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         try:
             os.unlink(tmp, dir_fd=fd)
         except FileNotFoundError:

@@ -127,15 +127,54 @@ def terminate(pid: int, started: int, grace: float) -> None:
     try:
         if start_time(pid) != started:
             return  # the pid was reused before we pinned it
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            try:
-                signal.pidfd_send_signal(fd, sig)
-            except ProcessLookupError:
-                return
-            if _wait_pidfd(fd, pid, wait):
-                return
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if _wait_term(fd, pid, grace):
+            return
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        _wait_pidfd(fd, pid, 10.0)
     finally:
         os.close(fd)
+
+
+def catches(pid: int, sig: int) -> bool | None:
+    """Whether ``pid`` has a handler for ``sig`` (SigCgt in /proc/PID/status); None if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _wait_term(fd: int, pid: int, grace: float) -> bool:
+    """Wait up to ``grace`` for the process to act on SIGTERM. The init of a
+    PID namespace never receives a signal it has no handler for (a shell
+    still running the entrypoint chain, say): then waiting is pointless and
+    we return False at once. A handler installed after our SIGTERM was
+    dropped (the chain exec'd into the agent) gets the signal again."""
+    deadline = time.monotonic() + grace
+    caught = catches(pid, signal.SIGTERM)
+    while True:
+        if _wait_pidfd(fd, pid, 0.1):
+            return True
+        now = catches(pid, signal.SIGTERM)
+        if now is False and caught is False:
+            return False  # no handler across two looks: the kernel discards SIGTERM
+        if now and not caught:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGTERM)
+            except ProcessLookupError:
+                return True
+        caught = now
+        if time.monotonic() >= deadline:
+            return False
 
 
 def _wait_pidfd(fd: int, pid: int, timeout: float) -> bool:

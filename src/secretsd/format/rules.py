@@ -8,6 +8,7 @@ version of this module; keep them in step.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -56,6 +57,12 @@ DEFAULT_RESERVED: tuple[str, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _reserved_re(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One compiled regex for the glob list: checked for every name on every write."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
 class FormatError(ValueError):
     """A name or value breaks the contract. Carries the key, never the value."""
 
@@ -96,7 +103,7 @@ class Rules:
     max_env_string: int = MAX_ENV_STRING
 
     def is_reserved(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pat) for pat in self.reserved)
+        return _reserved_re(self.reserved).match(name) is not None
 
     def check_name(self, name: str) -> None:
         if not isinstance(name, str) or not name:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -129,6 +130,7 @@ def _oserror(key: str | None, action: str, exc: OSError) -> WriteError:
     return WriteError(key, f"cannot {action}: {os.strerror(exc.errno or 0)} ({code})", exc.errno)
 
 
+@functools.cache
 def loader_source() -> bytes:
     return resources.files("secretsd.format").joinpath("sh/load.sh").read_bytes()
 
@@ -389,7 +391,8 @@ class SecretsDir:
             if orphan:
                 self._remove(fd, name)
                 done.append(f"removed unfinished {name}")
-        keys = set(self._generation_values(fd, gen)) if gen else set()
+        with self._opened_gen(fd, gen) as gfd:
+            keys = {n for n in os.listdir(gfd) if self._is_key(n)} if gfd is not None else set()
         for name, ent in names.items():
             if is_ignored_silently(name):
                 continue
@@ -411,7 +414,6 @@ class SecretsDir:
                 done.append(f"restored link {key}")
         if done:
             self._fsync_dir(fd)
-        done += self._collect(fd)
         return done
 
     def _remove(self, fd: int, name: str) -> None:
@@ -586,7 +588,7 @@ class SecretsDir:
     def _ensure_loader(self, fd: int) -> None:
         src = loader_source()
         cur = self._read_file(fd, LOADER_NAME)
-        if cur is not None and _loader_version(cur) >= _loader_version(src):
+        if cur is not None and (cur == src or _loader_version(cur) >= _loader_version(src)):
             try:
                 st = os.stat(LOADER_NAME, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -708,6 +710,7 @@ class SecretsDir:
         """Recover from a killed writer, fix drift, reinstall load.sh."""
         with self._locked(create=False) as fd:
             done = self._recover(fd)
+            done += self._collect(fd)
             self._ensure_loader(fd)
             gen, gen_values, hand = self._current(fd)
             if gen is not None and self._drifted(fd, gen):

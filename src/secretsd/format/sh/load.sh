@@ -105,15 +105,22 @@ __secretsd_pass() {
         # when the compound command is the left side of `||`.
         __secretsd_v=
         __secretsd_big=
+        __secretsd_c=
         IFS=
         { while :; do
             if read -r __secretsd_l; then
                 __secretsd_v=$__secretsd_v$__secretsd_l'
 '
-                # Only a six-digit length can pass the limit: a `case` on the
-                # digit count is cheaper than a test on every line.
-                case ${#__secretsd_v} in
-                    ??????*) if [ "${#__secretsd_v}" -gt "$__secretsd_max" ]; then __secretsd_big=1; break; fi ;;
+                # Bound memory on a huge file, but measure the value only every
+                # 32 lines: ${#var} costs its length, so once per line is
+                # quadratic in the file size.
+                case $__secretsd_c in
+                    ................................)
+                        __secretsd_c=
+                        case ${#__secretsd_v} in
+                            ??????*) if [ "${#__secretsd_v}" -gt "$__secretsd_max" ]; then __secretsd_big=1; break; fi ;;
+                        esac ;;
+                    *) __secretsd_c=.$__secretsd_c ;;
                 esac
             else
                 __secretsd_v=$__secretsd_v$__secretsd_l
@@ -163,6 +170,6 @@ if [ -n "$__secretsd_ifs_set" ]; then IFS=$__secretsd_ifs; else unset IFS; fi
 [ -z "$__secretsd_nf" ] || set -f
 unset -f __secretsd_warn __secretsd_generation __secretsd_pass
 unset __secretsd_ifs_set __secretsd_ifs __secretsd_lc_set __secretsd_lc __secretsd_dir \
-    __secretsd_max __secretsd_rc __secretsd_nf __secretsd_done __secretsd_prev __secretsd_hand __secretsd_big __secretsd_v __secretsd_l __secretsd_gen \
+    __secretsd_max __secretsd_rc __secretsd_nf __secretsd_done __secretsd_prev __secretsd_hand __secretsd_big __secretsd_c __secretsd_v __secretsd_l __secretsd_gen \
     __secretsd_g __secretsd_f __secretsd_n __secretsd_vanished __secretsd_try __secretsd_a
 if [ -n "$__secretsd_x" ]; then unset __secretsd_x; set -x; else unset __secretsd_x; fi

@@ -13,6 +13,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPBearer
+from sqlalchemy.exc import OperationalError
 
 from secretsd import __version__
 from secretsd.controlplane import errors, routes_admin, routes_env, routes_workspaces
@@ -138,6 +139,13 @@ def _store_errors(app: FastAPI) -> None:
     async def _vc(_r: Request, exc: VersionConflict) -> SafeJSONResponse:
         probs = [{"key": safe_key(k), "error": f"expected version {e}, stored {a}"} for k, (e, a) in sorted(exc.conflicts.items())]
         return SafeJSONResponse({"error": str(exc), "key": probs[0]["key"], "problems": probs}, status_code=409)
+
+    @app.exception_handler(OperationalError)
+    async def _db(_r: Request, exc: OperationalError) -> SafeJSONResponse:
+        # Database down, disk full, locked too long: nothing was committed; retry later.
+        # The type only: the message may carry statement parameters (ciphertexts, never values).
+        log.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
+        return SafeJSONResponse({"error": "database unavailable, nothing stored; try again"}, status_code=503)
 
     @app.exception_handler(InvalidBatch)
     async def _ib(_r: Request, exc: InvalidBatch) -> SafeJSONResponse:

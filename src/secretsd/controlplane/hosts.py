@@ -25,11 +25,13 @@ _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EINTR
 class HostError(Exception):
     """Writing a workspace folder failed. Carries the workspace, key and reason; never a value."""
 
-    def __init__(self, workspace: str, reason: str, *, key: str | None = None, transient: bool = False) -> None:
+    def __init__(self, workspace: str, reason: str, *, key: str | None = None, transient: bool = False,
+                 missing: bool = False) -> None:
         self.workspace = workspace
         self.reason = reason
         self.key = key
         self.transient = transient
+        self.missing = missing  # the folder is gone: a batch alone would not restore the other keys
         super().__init__(f"workspace {workspace}: {reason}")
 
 
@@ -73,8 +75,11 @@ class LocalHost:
         )
 
     def apply(self, workspace: str, set: Mapping[str, bytes], delete: Iterable[str]) -> None:  # noqa: A002
+        sd = self._dir(workspace)
+        if not os.path.lexists(os.path.join(sd.path, "..data")):
+            raise HostError(workspace, "the folder is missing: it needs a full rewrite", missing=True)
         with _translated(workspace):
-            self._dir(workspace).apply(set=set, delete=list(delete))
+            sd.apply(set=set, delete=list(delete))
 
     def replace_all(self, workspace: str, env: Mapping[str, bytes]) -> None:
         with _translated(workspace):

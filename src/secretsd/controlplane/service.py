@@ -272,6 +272,12 @@ class SecretsService:
             self._clearer.submit(ws, names, upto)
             return None
         except HostError as exc:
+            if getattr(exc, "missing", False):  # the folder was deleted: write all of it, not just this batch
+                try:
+                    self._materialise_locked(ws)
+                    return None
+                except HostError as again:
+                    return again  # marked dirty by _materialise_locked
             self._dirty.add(ws)
             return exc
 

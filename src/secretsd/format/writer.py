@@ -547,6 +547,14 @@ class SecretsDir:
                 os.unlink(key, dir_fd=fd)
             except FileNotFoundError:
                 pass
+        if os.geteuid() == 0:  # kept links chown'ed by someone (`chown -R`): give them back (lchown only)
+            for key in old_keys & set(new):
+                try:
+                    st = os.stat(key, dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISLNK(st.st_mode) and (st.st_uid, st.st_gid) != (self.uid, self.gid):
+                        self._chown_link(fd, key)
+                except OSError:
+                    pass
         # No fsync needed here: a removed link that comes back after a crash
         # dangles, and recovery deletes it.
 

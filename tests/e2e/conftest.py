@@ -106,6 +106,18 @@ class Server:
                 raise AssertionError(f"{ws}: {text!r} x{count} not in its log:\n{log[-2000:]}")
             time.sleep(0.05)
 
+    def wait_ready(self, ws: str, text: str = "agent-runtime: ready", timeout: float = 30.0) -> str:
+        """The console since the workspace's last (re)start, once it shows ``text``. (A start
+        interrupted by a restart may never get as far: count on the last one only.)"""
+        deadline = time.monotonic() + timeout
+        while True:
+            last = self.console(ws).rsplit("--- secretsd sandbox: ", 1)[-1]
+            if text in last:
+                return last
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{ws}: {text!r} not in its log since the last start:\n{last[-2000:]}")
+            time.sleep(0.05)
+
     def canary(self, tag: str = "") -> str:
         v = canary(tag)
         self.canaries.append(v)

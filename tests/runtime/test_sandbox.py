@@ -220,3 +220,24 @@ def test_wiped_configs_folder_does_not_block_a_restart(sandboxes: Sandboxes) -> 
     shutil.rmtree(sandboxes.configs("wiped"))
     sandboxes.rt.restart("wiped", "restart")
     assert _probe(sandboxes, "wiped")["configs"] == "writable"
+
+
+def test_stop_does_not_wait_out_the_grace_for_an_init_without_handler(sandboxes: Sandboxes) -> None:
+    """PID 1 of a namespace never gets a SIGTERM it has no handler for: SIGKILL
+    after a short window (procfs.NO_HANDLER_WINDOW), not the whole grace; an
+    init with a handler still stops gracefully."""
+    import time
+
+    rt = SandboxRuntime(sandboxes.data, images=IMAGES, stop_timeout=8.0)
+    sandboxes.provision("nohandler", PROBE, env={"PROBE_IGNORE_TERM": "1"})
+    _probe(sandboxes, "nohandler")
+    t0 = time.monotonic()
+    rt.stop("nohandler")
+    assert time.monotonic() - t0 < procfs.NO_HANDLER_WINDOW + 2.0
+    assert rt.status("nohandler").state == "stopped"
+    sandboxes.provision("handler", PROBE)
+    _probe(sandboxes, "handler")
+    t0 = time.monotonic()
+    rt.stop("handler")
+    assert time.monotonic() - t0 < 3.0
+    assert rt.status("handler").exit_code == 0  # its trap ran: `exit 0`, not a SIGKILL

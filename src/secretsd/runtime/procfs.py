@@ -142,6 +142,11 @@ def terminate(pid: int, started: int, grace: float) -> None:
         os.close(fd)
 
 
+#: How long a workspace init without a SIGTERM handler gets to install one
+#: (an entrypoint chain about to exec its agent) before SIGKILL.
+NO_HANDLER_WINDOW = 1.0
+
+
 def catches(pid: int, sig: int) -> bool | None:
     """Whether ``pid`` has a handler for ``sig`` (SigCgt in /proc/PID/status); None if gone."""
     try:
@@ -157,16 +162,19 @@ def _wait_term(fd: int, pid: int, grace: float) -> bool:
     """Wait up to ``grace`` for the process to act on SIGTERM. The init of a
     PID namespace never receives a signal it has no handler for (a shell
     still running the entrypoint chain, say): then waiting is pointless and
-    we return False at once. A handler installed after our SIGTERM was
-    dropped (the chain exec'd into the agent) gets the signal again."""
-    deadline = time.monotonic() + grace
+    we give up after a short window instead of the whole grace. A handler
+    installed after our SIGTERM was dropped (the chain exec'd into the
+    agent, which set one up) gets the signal again."""
+    start = time.monotonic()
+    deadline = start + grace
+    window = min(grace, NO_HANDLER_WINDOW)
     caught = catches(pid, signal.SIGTERM)
     while True:
         if _wait_pidfd(fd, pid, 0.1):
             return True
         now = catches(pid, signal.SIGTERM)
-        if now is False and caught is False:
-            return False  # no handler across two looks: the kernel discards SIGTERM
+        if not now and time.monotonic() - start >= window:
+            return False  # still no handler: the kernel discards SIGTERM, SIGKILL is all that works
         if now and not caught:
             try:
                 signal.pidfd_send_signal(fd, signal.SIGTERM)

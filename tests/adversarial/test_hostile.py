@@ -53,7 +53,7 @@ def test_fuzz_names_and_values_through_the_api(inproc: App) -> None:
     before_outside = sorted(p.name for p in inproc.data.iterdir())
     stats = {"examples": 0, "accepted": 0, "refused": 0}
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=int(os.environ.get("SECRETSD_API_FUZZ", "200")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(name=names, value=values)
     def one(name: str, value: str) -> None:
         body = json.dumps({"env": {name: value}}, ensure_ascii=True)  # lone surrogates travel as \\udXXX escapes

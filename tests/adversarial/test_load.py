@@ -96,7 +96,7 @@ def _run(tmp_path: Path, n_ws: int, seconds: float) -> dict:
 
 @pytest.mark.parametrize("n_ws", [1, 100])
 def test_50_clients_short(tmp_path: Path, n_ws: int) -> None:
-    out = _run(tmp_path, n_ws, float(os.environ.get("SECRETSD_LOAD_SECONDS", "10")))
+    out = _run(tmp_path, n_ws, float(os.environ.get("SECRETSD_LOAD_SECONDS", "6")))
     record(f"load_{n_ws}ws_short", **out)
 
 

@@ -30,7 +30,7 @@ def _parse_env0(raw: bytes) -> dict[bytes, bytes]:
 
 
 def test_load_sh_loop_while_api_batches_rotate(tmp_path: Path) -> None:
-    seconds = float(os.environ.get("SECRETSD_READER_SECONDS", "60" if SOAK else "10"))
+    seconds = float(os.environ.get("SECRETSD_READER_SECONDS", "60" if SOAK else "6"))
     s = make_server(tmp_path)
     sd = s.data / "workspaces" / "r" / "configs" / "secrets.d"
     stop = threading.Event()

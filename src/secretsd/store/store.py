@@ -261,6 +261,36 @@ class Store:
                     out.append(exc)
         return out
 
+    def put_groups(
+        self,
+        groups: list[tuple[str, list[PutRequest]]],
+        *,
+        fits: Callable[[dict[str, int]], None] | None = None,
+    ) -> list[list[Change | Exception]]:
+        """``put_many`` for several owners in ONE transaction (group commit across workspaces).
+
+        One durable commit (one WAL fsync, ~1 ms of kernel CPU here) for every
+        push queued meanwhile. Each request runs in its own savepoint: a refused
+        one returns its exception and leaves the others. If the commit itself
+        fails, every request fails with that error (nothing was stored).
+        """
+        if sum(len(reqs) for _, reqs in groups) == 1:
+            owner, reqs = groups[0]
+            return [self.put_many(owner, reqs, fits=fits)]
+        out: list[list[Change | Exception]] = []
+        with self._write() as c:
+            for owner, reqs in groups:
+                res: list[Change | Exception] = []
+                for req in reqs:
+                    try:
+                        with c.begin_nested():
+                            res.append(self._put(c, owner, req.values, req.actor, req.expected, "set",
+                                                 req.idempotency, fits))
+                    except Exception as exc:  # noqa: BLE001 - handed back to that request's caller
+                        res.append(exc)
+                out.append(res)
+        return out
+
     def _put(
         self,
         c: Connection,

@@ -268,3 +268,47 @@ def test_host_folder_deleted_mid_run(tmp_path: Path) -> None:
         f"after the folder was deleted, the next push wrote only its own keys: folder {sorted(after_push)}, "
         f"store {sorted(expected)}")
     assert after_restart == expected
+
+
+@needs_root
+def test_ebusy_and_permission_denied_in_the_host_folder(tmp_path: Path) -> None:
+    """EBUSY: a file bind-mounted over the generation; EPERM: chattr +i on the folder (when supported)."""
+    s = make_server(tmp_path)
+    out: dict[str, object] = {}
+    try:
+        with s.client() as c:
+            assert c.post("/cp/admin/workspaces", json={"id": "w"}).status_code == 201
+            assert c.post("/cp/admin/workspaces/w/env", json={"env": {"A": "a0", "B": "b0"}}).status_code == 200
+            sd = s.data / "workspaces" / "w" / "configs" / "secrets.d"
+            src = tmp_path / "bound"
+            src.write_text("bound")
+            # A file bind-mounted over a key's top-level name (what a runtime mounting single files does).
+            target = sd / "A"
+            subprocess.run(["mount", "--bind", str(src), str(target)], check=True)
+            try:
+                r = c.post("/cp/admin/workspaces/w/env", json={"env": {"A": "a1"}})
+                out["bind_mount_status"] = r.status_code
+                out["bind_mount_error"] = (r.json().get("error") or "")[:200]
+                assert r.status_code in (200, 502, 503), r.text
+                if r.status_code != 200:
+                    assert r.json()["persisted"] is False
+            finally:
+                subprocess.run(["umount", str(target)], check=False)
+            assert src.read_text() == "bound"  # never written through the mount
+            assert c.post("/cp/admin/workspaces/w/env", json={"env": {"C": "c"}}).status_code == 200
+            assert folder(s.data, "w") == {"A": b"a1", "B": b"b0", "C": b"c"}
+            chattr = subprocess.run(["chattr", "+i", str(sd)], capture_output=True)
+            out["chattr_supported"] = chattr.returncode == 0
+            if chattr.returncode == 0:
+                try:
+                    r = c.post("/cp/admin/workspaces/w/env", json={"env": {"A": "a2"}})
+                    out["immutable_status"] = r.status_code
+                    out["immutable_error"] = (r.json().get("error") or "")[:200]
+                    assert r.status_code in (502, 503) and r.json()["persisted"] is False, r.text
+                finally:
+                    subprocess.run(["chattr", "-i", str(sd)], check=False)
+                assert c.post("/cp/admin/workspaces/w/env", json={"env": {"D": "d"}}).status_code == 200
+                assert folder(s.data, "w") == {"A": b"a2", "B": b"b0", "C": b"c", "D": b"d"}
+    finally:
+        s.stop()
+    record("faults_ebusy_eperm", **out)

@@ -134,6 +134,32 @@ class Store:
             yield conn
 
     @contextmanager
+    def _write_relaxed(self) -> Iterator[Connection]:
+        """A write whose commit need not be durable: SQLite ``synchronous=NORMAL`` for this commit only.
+
+        Only for changes whose loss in a power cut is harmless: clearing pending
+        marks (a lost clear costs one extra folder rewrite at startup). WAL
+        keeps order, so the next FULL commit's fsync covers these frames too;
+        every other commit stays FULL. Saves one fsync (~1 ms of kernel CPU).
+        """
+        if self._write_lock is None:
+            with self._write() as c:
+                yield c
+            return
+        with self._write_lock, self.engine.connect().execution_options(secretsd_write=True) as conn:
+            raw = conn.connection.driver_connection
+            raw.execute("PRAGMA synchronous=NORMAL")  # not allowed inside a transaction: before BEGIN
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                try:
+                    raw.execute("PRAGMA synchronous=FULL")
+                except BaseException:
+                    conn.invalidate()  # never hand a relaxed connection back to the pool
+                    raise
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             with conn.begin():
@@ -469,7 +495,7 @@ class Store:
         work = [(ws, names, now if upto is None else upto) for ws, names, upto in items if names is None or names]
         if not work:
             return
-        with self._write() as c:
+        with self._write_relaxed() as c:  # marks are a hint: a lost clear is one extra rewrite
             for ws, names, upto in work:
                 if names is None:
                     c.execute(_DEL_PENDING_ALL, {"ws": ws, "upto": upto})

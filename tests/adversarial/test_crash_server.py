@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .helpers import SOAK, folder, make_server, record, soak_only, store_values
 
@@ -159,5 +160,6 @@ def test_kill_9_server_while_clients_push(tmp_path: Path) -> None:
 
 
 @soak_only
+@pytest.mark.timeout(4 * 3600)
 def test_kill_9_server_soak(tmp_path: Path) -> None:
     _kill_loop(tmp_path, int(os.environ.get("SECRETSD_SERVER_KILLS_SOAK", "200")), seed=66)

@@ -283,7 +283,8 @@ def test_ebusy_and_permission_denied_in_the_host_folder(tmp_path: Path) -> None:
             src = tmp_path / "bound"
             src.write_text("bound")
             # A file bind-mounted over a key's top-level name (what a runtime mounting single files does).
-            target = sd / "A"
+            # Resolve the link first: mount(8) would, and umount of the link would later miss the mount.
+            target = sd / os.readlink(sd / "..data") / "A"
             subprocess.run(["mount", "--bind", str(src), str(target)], check=True)
             try:
                 r = c.post("/cp/admin/workspaces/w/env", json={"env": {"A": "a1"}})
@@ -311,4 +312,13 @@ def test_ebusy_and_permission_denied_in_the_host_folder(tmp_path: Path) -> None:
                 assert folder(s.data, "w") == {"A": b"a2", "B": b"b0", "C": b"c", "D": b"d"}
     finally:
         s.stop()
+        _unmount_all_under(tmp_path)
     record("faults_ebusy_eperm", **out)
+
+
+def _unmount_all_under(root: Path) -> None:
+    with open("/proc/self/mounts") as fh:
+        points = [line.split()[1] for line in fh]
+    for p in reversed(points):
+        if p.startswith(str(root) + "/"):
+            subprocess.run(["umount", "-l", p], check=False)

@@ -101,6 +101,7 @@ def test_50_clients_short(tmp_path: Path, n_ws: int) -> None:
 
 
 @pytest.mark.skipif(not SOAK, reason="long soak: set SECRETSD_SOAK=1 (make soak)")
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("n_ws", [1, 100])
 def test_50_clients_60s(tmp_path: Path, n_ws: int) -> None:
     out = _run(tmp_path, n_ws, 60.0)

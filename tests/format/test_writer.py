@@ -447,3 +447,27 @@ def test_permission_denied_is_clear(tmp_path: Path) -> None:
     (tmp_path / "ro").mkdir(mode=0o500)
     with pytest.raises(WriteError):
         SecretsDir(tmp_path / "ro" / "secrets.d").set("A", b"1")
+
+
+def test_deleted_value_leaves_no_copy_behind(sd: SecretsDir) -> None:
+    canary = b"revoked-canary-31f9"
+    sd.apply({"LEAKED": canary, "KEEP": b"k"})
+    sd.set("KEEP", b"k2")  # LEAKED is now also in an older generation
+    sd.delete("LEAKED")
+    hits = [p for p in sd.path.rglob("*") if p.is_file() and not p.is_symlink() and canary in p.read_bytes()]
+    assert hits == []
+    assert sd.read_all() == {"KEEP": b"k2"}
+
+
+def test_collect_and_repair_tidy_up(tmp_path: Path) -> None:
+    s = SecretsDir(tmp_path / "secrets.d", grace=0.0)
+    s.set("A", b"1")
+    s.set("A", b"2")
+    (s.path / "HAND").write_bytes(b"h")
+    os.chmod(s.path / "HAND", 0o644)
+    done = s.repair()
+    assert any("adopted" in d for d in done)
+    assert os.path.islink(s.path / "HAND") and stat.S_IMODE(os.stat(s.path / "HAND").st_mode) == 0o600
+    time.sleep(0.01)
+    s.collect()
+    assert len([p for p in s.path.iterdir() if p.name.startswith("..gen-")]) == 1

@@ -13,6 +13,7 @@ from secretsd.format.writer import (
     TMP_PREFIX,
     SecretsDir,
     SecretsDirError,
+    _gen_seq,
     _loader_version,
     loader_source,
 )
@@ -80,10 +81,21 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
         out.append(Finding("warning", "BAD_NAME", f"{name!r}: not a valid variable name or reserved; loaders skip it"))
     if total > sd.rules.total_budget:
         out.append(Finding("error", "OVER_BUDGET", f"folder total {total} bytes exceeds the budget of {sd.rules.total_budget}"))
-    leftovers = [n for n in os.listdir(root) if n.startswith(TMP_PREFIX) or n == "..data_tmp"]
+    names = os.listdir(root)
+    current = os.readlink(gen) if os.path.islink(gen) else None
+    cur_seq = _gen_seq(current) if current else None
+    for name in sorted(names):
+        path = os.path.join(root, name)
+        if os.path.islink(path) and not name.startswith("."):
+            if os.readlink(path) != f"{DATA}/{name}":
+                out.append(Finding("warning", "FOREIGN_LINK", f"{name}: a link the writer did not make; loaders ignore it (run `secretsd repair`)"))
+        seq = _gen_seq(name)
+        if seq is not None and cur_seq is not None and seq > cur_seq:
+            out.append(Finding("warning", "LEFTOVER", f"{name}: left by an interrupted write (run `secretsd repair`)"))
+    leftovers = [n for n in names if n.startswith(TMP_PREFIX) or n == "..data_tmp"]
     for name in leftovers:
         out.append(Finding("warning", "LEFTOVER", f"{name}: left by an interrupted write (run `secretsd repair`)"))
-    gens = [n for n in os.listdir(root) if n.startswith(GEN_PREFIX)]
+    gens = [n for n in names if n.startswith(GEN_PREFIX)]
     if len(gens) > 40:
         out.append(Finding("warning", "GENERATIONS", f"{len(gens)} generations kept (run `secretsd repair`)"))
     return out

@@ -120,6 +120,10 @@ def _read_once(folder: str, tolerate: bool = False) -> LoadResult:
             result.values[name] = data
         elif not tolerate and not os.path.lexists(full):
             raise _Vanished
+    # Consistent only if ..data still names the generation we read: a writer
+    # changes old generations only after swapping ..data away from them.
+    if not tolerate and os.path.realpath(data_link) != gen:
+        raise _Vanished
     return result
 
 

@@ -547,6 +547,7 @@ class SecretsDir:
                 os.unlink(key, dir_fd=fd)
             except FileNotFoundError:
                 pass
+        self._scrub(fd, old_keys - set(new), keep=gen)
         if os.geteuid() == 0:  # kept links chown'ed by someone (`chown -R`): give them back (lchown only)
             for key in old_keys & set(new):
                 try:
@@ -632,13 +633,9 @@ class SecretsDir:
             self._ensure_loader(fd)
             gen, gen_values, hand = self._current(fd)
             if hand:
-                # Adopt hand-made files into a generation first, values
-                # unchanged, so that the real change below is one swap.
-                adopted = {**gen_values, **hand}
-                self._commit(fd, gen, gen_values, adopted)
-                for key in hand:
-                    self._link(fd, key)
-                self._fsync_dir(fd)
+                # Adopt hand-made files first, values unchanged, so that the
+                # real change below is one swap.
+                self._adopt(fd, gen, gen_values, hand)
                 gen, gen_values, hand = self._current(fd)
             current = gen_values
             for key, want in (expected or {}).items():
@@ -661,6 +658,35 @@ class SecretsDir:
                 return  # nothing to do; still durable
             self._commit(fd, gen, current, new)
             self._collect(fd)
+
+    def _adopt(self, fd: int, gen: str | None, gen_values: dict[str, bytes], hand: dict[str, bytes]) -> None:
+        """Fold hand-made regular files into a generation and link them."""
+        self._commit(fd, gen, gen_values, {**gen_values, **hand})
+        for key in hand:
+            self._link(fd, key)
+        self._fsync_dir(fd)
+
+    def _scrub(self, fd: int, keys: Iterable[str], keep: str) -> None:
+        """Remove deleted keys from superseded generations at once, so a
+        revoked value does not linger for the grace period. A reader of an
+        old generation sees the file vanish and starts over on ``..data``."""
+        keys = list(keys)
+        if not keys:
+            return
+        _, entries = self._scan(fd)
+        for ent in entries:
+            if _gen_seq(ent.name) is None or ent.name == keep:
+                continue
+            with self._opened_gen(fd, ent.name) as gfd:
+                if gfd is None:
+                    continue
+                for key in keys:
+                    try:
+                        os.unlink(key, dir_fd=gfd)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        self.warnings.append(f"cannot scrub {key} from {ent.name}: {os.strerror(exc.errno or 0)}")
 
     def _drifted(self, fd: int, gen: str) -> bool:
         """Mode, owner or type of the current generation changed by someone."""
@@ -721,10 +747,20 @@ class SecretsDir:
             done += self._collect(fd)
             self._ensure_loader(fd)
             gen, gen_values, hand = self._current(fd)
+            if hand:
+                self._adopt(fd, gen, gen_values, hand)
+                done.append(f"adopted hand-made files: {', '.join(sorted(hand))}")
+                gen, gen_values, hand = self._current(fd)
             if gen is not None and self._drifted(fd, gen):
                 self._commit(fd, gen, {}, gen_values)
                 done.append("rewrote generation to fix mode/owner drift")
             return done
+
+    def collect(self) -> list[str]:
+        """Remove generations superseded longer than the grace period. The
+        control plane calls this after the grace; writes also do it."""
+        with self._locked(create=False) as fd:
+            return self._collect(fd)
 
     def read_all(self) -> dict[str, bytes]:
         """The set a loader would export now (generation, then hand files)."""

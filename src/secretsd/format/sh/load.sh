@@ -157,7 +157,12 @@ if [ -d "$__secretsd_dir" ] && [ -x "$__secretsd_dir" ]; then
     __secretsd_done=
     for __secretsd_try in 1 2 3; do
         __secretsd_pass
-        [ -n "$__secretsd_vanished" ] || break
+        # Consistent only if `..data` still names the generation we read:
+        # a writer changes old generations (collects, scrubs) only after
+        # swapping `..data` away from them.
+        __secretsd_used=$__secretsd_gen
+        __secretsd_generation || __secretsd_gen=
+        if [ -z "$__secretsd_vanished" ] && [ "$__secretsd_gen" = "$__secretsd_used" ]; then break; fi
     done
 elif [ -e "$__secretsd_dir" ]; then
     printf 'secretsd: cannot read %s\n' "$__secretsd_dir" >&2
@@ -171,5 +176,5 @@ if [ -n "$__secretsd_ifs_set" ]; then IFS=$__secretsd_ifs; else unset IFS; fi
 unset -f __secretsd_warn __secretsd_generation __secretsd_pass
 unset __secretsd_ifs_set __secretsd_ifs __secretsd_lc_set __secretsd_lc __secretsd_dir \
     __secretsd_max __secretsd_rc __secretsd_nf __secretsd_done __secretsd_prev __secretsd_hand __secretsd_big __secretsd_c __secretsd_v __secretsd_l __secretsd_gen \
-    __secretsd_g __secretsd_f __secretsd_n __secretsd_vanished __secretsd_try __secretsd_a
+    __secretsd_g __secretsd_f __secretsd_n __secretsd_vanished __secretsd_try __secretsd_a __secretsd_used
 if [ -n "$__secretsd_x" ]; then unset __secretsd_x; set -x; else unset __secretsd_x; fi

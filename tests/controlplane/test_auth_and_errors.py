@@ -136,3 +136,17 @@ def test_bad_idempotency_key_header_is_400(env: Env) -> None:
     r = env.client.post("/cp/admin/workspaces/w1/env", json={"key": "A", "value": "x"},
                         headers={"Idempotency-Key": "k" * 300})
     assert r.status_code == 400 and "idempotency" in r.text.lower()
+
+
+@pytest.mark.parametrize("ctype", [None, "application/x-www-form-urlencoded", "text/plain", "application/json; charset=utf-8"])
+def test_json_body_whatever_curl_declares(env, ctype) -> None:
+    """`curl -d '{...}'` sends form-urlencoded: the JSON-only API reads it as JSON."""
+    headers = {"content-type": ctype} if ctype else {}
+    r = env.client.post("/cp/admin/workspaces/w1/env", content=b'{"env": {"CT_TEST": "v"}}', headers=headers)
+    assert r.status_code == 200, r.text
+    assert env.folder("w1")["CT_TEST"] == b"v"
+
+
+def test_other_content_types_are_a_clear_400(env) -> None:
+    r = env.client.post("/cp/admin/workspaces/w1/env", content=b"--x--", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and "error" in r.json()

@@ -82,6 +82,7 @@ class Gate:
             if who == 403:
                 return error_response(403, "invalid token")
             scope.setdefault("state", {})["actor"] = who
+        self._json_by_default(scope)
         for k, v in scope.get("headers", ()):
             if k == b"content-length":
                 try:
@@ -91,6 +92,22 @@ class Gate:
                 if n > self.max_body:
                     return error_response(413, f"request body larger than {self.max_body} bytes")
         return None
+
+    @staticmethod
+    def _json_by_default(scope: Scope) -> None:
+        """The API speaks only JSON: a body sent without a type, or with the
+        one `curl -d` adds (form-urlencoded) or text/plain, is read as JSON.
+        Any other declared type is left alone and answered with a 400."""
+        headers = list(scope.get("headers", ()))
+        for i, (k, v) in enumerate(headers):
+            if k == b"content-type":
+                kind = v.split(b";", 1)[0].strip().lower()
+                if kind in (b"application/x-www-form-urlencoded", b"text/plain", b""):
+                    headers[i] = (k, b"application/json")
+                    scope["headers"] = headers
+                return
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            scope["headers"] = [*headers, (b"content-type", b"application/json")]
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0

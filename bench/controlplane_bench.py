@@ -172,6 +172,15 @@ def start_server(data: Path, db: str | None) -> tuple[subprocess.Popen[bytes], i
     raise RuntimeError("server did not start")
 
 
+def _uvicorn_stack() -> str:
+    """What uvicorn's "auto" picks: httptools+uvloop when installed (uvicorn[standard]), else h11+asyncio."""
+    import importlib.util
+
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{http}+{loop}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
@@ -211,7 +220,8 @@ def main() -> int:
     c32 = next(r for r in rows if r.name == "API, 32 clients, 1 key")
     print(f"\ntarget p99 <= 15 ms single-key at 100 req/s: {paced.p99:.2f} ms -> {'PASS' if paced.p99 <= 15 else 'FAIL'}")
     print(f"target >= 500 durable pushes/s with 32 clients: {c32.ops:.0f}/s -> {'PASS' if c32.ops >= 500 else 'FAIL'}")
-    print(f"(load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
+    print(f"(load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; "
+          f"uvicorn HTTP/loop: {_uvicorn_stack()})")
     import shutil
 
     shutil.rmtree(root, ignore_errors=True)

@@ -62,7 +62,7 @@ def test_provision_gets_the_snapshot_after_materialising(make_env: Callable[...,
 def test_push_with_restart_restarts_once_after_the_write(make_env: Callable[..., Env], tmp_path) -> None:
     rt = RecordingRuntime(tmp_path / "data")
     env = make_env(runtime=rt, data=tmp_path / "data")
-    env.create("w1")
+    env.create("w1", template="/t")
     r = env.push("w1", {"A": "1", "B": "2", "C": "3"}, body={"restart": True, "restart_mode": "restart"})
     assert r.status_code == 200 and r.json()["restarted"] is True
     restarts = [c for c in rt.calls if c[0] == "restart"]
@@ -73,7 +73,7 @@ def test_push_with_restart_restarts_once_after_the_write(make_env: Callable[...,
 def test_runtime_failures_are_mapped(make_env: Callable[..., Env], tmp_path) -> None:
     rt = RecordingRuntime(tmp_path / "data")
     env = make_env(runtime=rt, data=tmp_path / "data")
-    env.create("w1")
+    env.create("w1", template="/t")
     rt.fail = WorkspaceStartFailed("workspace 'w1' did not come up")
     r = env.client.post("/cp/admin/workspaces/w1/restart")
     assert r.status_code == 502 and "did not come up" in r.json()["error"]
@@ -189,7 +189,7 @@ def test_metrics_by_route_template(env: Env) -> None:
 def test_start_materialises_first_and_stop(make_env: Callable[..., Env], tmp_path) -> None:
     rt = RecordingRuntime(tmp_path / "data")
     env = make_env(runtime=rt, data=tmp_path / "data")
-    env.create("w1")
+    env.create("w1", template="/t")
     env.push("w1", {"A": "1"})
     assert env.client.post("/cp/admin/workspaces/w1/stop").status_code == 200
     assert rt.calls[-1] == ("stop", "w1")
@@ -204,3 +204,13 @@ def test_start_and_stop_without_runtime_are_501(env: Env) -> None:
     for verb in ("start", "stop"):
         assert env.client.post(f"/cp/admin/workspaces/w1/{verb}").status_code == 501
         assert env.client.post(f"/cp/admin/workspaces/ghost/{verb}").status_code == 404
+
+
+def test_restart_push_and_stop_without_template_are_409(make_env: Callable[..., Env], tmp_path) -> None:
+    rt = RecordingRuntime(tmp_path / "data")
+    env = make_env(runtime=rt, data=tmp_path / "data")
+    env.create("bare")
+    r = env.push("bare", {"A": "1"}, body={"restart": True})
+    assert r.status_code == 409 and "no template" in r.json()["error"]
+    assert env.folder("bare") == {}  # refused before anything was written
+    assert env.client.post("/cp/admin/workspaces/bare/stop").status_code == 409

@@ -70,9 +70,10 @@ def _restart_all(cp: ControlPlane, workspaces: list[str], mode: str) -> None:
 def _push(cp: ControlPlane, owner: str, body: EnvPush, request: Request, idem: str | None) -> Any:
     actor = actor_of(request)
     if body.restart:
-        if owner != GLOBAL:
-            cp.store.get_workspace(owner)  # 404 before 501
+        ws = cp.store.get_workspace(owner) if owner != GLOBAL else None  # 404 before 501
         runtime_hook.require_runtime(cp.runtime)
+        if ws is not None:
+            runtime_hook.require_template(ws)  # 409 before anything is written
     values = cp.service.encode(body.pairs())
     keys = sorted(values)
 

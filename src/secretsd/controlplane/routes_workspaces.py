@@ -131,9 +131,7 @@ def _provision_if_lost(cp: ControlPlane, runtime: Any, ws: Workspace) -> bool:
     now runs another runtime): provision it again from the stored create-time snapshot."""
     if runtime_hook.call(runtime.status, ws.id).state != "absent":
         return False
-    if ws.template is None:
-        raise ApiError(409, f"workspace {ws.id} has no template: it holds secrets only and runs outside "
-                            "this control plane's runtime (create it with a template to run it here)")
+    runtime_hook.require_template(ws)
     from secretsd.runtime.base import WorkspaceSpec
 
     spec = WorkspaceSpec(id=ws.id, template=ws.template, env=cp.store.workspace_env(ws.id),
@@ -157,6 +155,7 @@ def start_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceIn
 def stop_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceInfo:
     ws = cp.store.get_workspace(workspace_id)
     runtime = runtime_hook.require_runtime(cp.runtime)
+    runtime_hook.require_template(ws)
     runtime_hook.call(runtime.stop, workspace_id)
     cp.store.record_event(actor_of(request), "workspace.stop", workspace_id)
     return _info(cp, ws, detail=True)

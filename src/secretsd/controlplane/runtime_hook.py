@@ -21,6 +21,13 @@ def require_runtime(runtime: Any | None) -> Any:
     return runtime
 
 
+def require_template(ws: Any) -> None:
+    """A workspace created without a template holds secrets only: nothing to run."""
+    if ws.template is None:
+        raise ApiError(409, f"workspace {ws.id} has no template: it holds secrets only and runs outside "
+                            "this control plane's runtime (create it with a template to run it here)")
+
+
 def call(fn: Callable[..., T], *args: Any) -> T:
     """Run a runtime method; its errors name workspaces and reasons, never values."""
     from secretsd.runtime import base as rt  # the interface module only

@@ -17,6 +17,7 @@ import pytest
 from secretsd.runtime import procfs
 from secretsd.runtime.base import (
     InvalidWorkspace,
+    WorkspaceError,
     MainProcessUnavailable,
     WorkspaceExists,
     WorkspaceNotFound,
@@ -241,3 +242,14 @@ def test_stop_does_not_wait_out_the_grace_for_an_init_without_handler(sandboxes:
     rt.stop("handler")
     assert time.monotonic() - t0 < 3.0
     assert rt.status("handler").exit_code == 0  # its trap ran: `exit 0`, not a SIGKILL
+
+
+def test_failed_provision_leaves_nothing_behind(sandboxes: Sandboxes, tmp_path: Path) -> None:
+    tpl = tmp_path / "tpl" / "evil"
+    tpl.mkdir(parents=True)
+    (tmp_path / "tpl" / "outside").write_text("x")
+    (tpl / "Dockerfile").write_text('FROM debian\nCOPY ../outside /x\nENTRYPOINT ["/bin/true"]\n')
+    with pytest.raises(WorkspaceError):
+        sandboxes.provision("evil", tpl)
+    assert not (sandboxes.data / "runtime" / "sandbox" / "evil").exists()
+    assert "evil" not in sandboxes.rt.list()

@@ -147,16 +147,24 @@ class SandboxRuntime:
             if wdir.exists():
                 shutil.rmtree(wdir)  # debris of a provision that failed half-way
             wdir.mkdir(mode=0o700)
-            configs = Path(spec.configs_dir).resolve()
-            configs.mkdir(parents=True, exist_ok=True)  # as an engine does for a bind source
-            _write_json(wdir / "spec.json", {
-                "id": spec.id, "template": str(Path(spec.template).resolve()), "env": spec.env,
-                "configs_dir": str(configs), "created_at": time.time(),
-            })
-            st: dict[str, Any] = {"restarts": 0}
-            self._recreate_layer(spec.id, image, st)
-            env = self._build_env(spec.id, image, spec.env)
-            self._launch(spec.id, st, env, "provision")
+            try:
+                configs = Path(spec.configs_dir).resolve()
+                configs.mkdir(parents=True, exist_ok=True)  # as an engine does for a bind source
+                _write_json(wdir / "spec.json", {
+                    "id": spec.id, "template": str(Path(spec.template).resolve()), "env": spec.env,
+                    "configs_dir": str(configs), "created_at": time.time(),
+                })
+                st: dict[str, Any] = {"restarts": 0}
+                self._recreate_layer(spec.id, image, st)
+                env = self._build_env(spec.id, image, spec.env)
+                self._launch(spec.id, st, env, "provision")
+            except BaseException:
+                # A failed provision leaves nothing behind: the caller undoes the
+                # creation, and a retry must not find a half-made workspace.
+                if (wdir / "state.json").exists():
+                    self._kill(spec.id, self._state(spec.id))
+                shutil.rmtree(wdir, ignore_errors=True)
+                raise
 
     def start(self, id: str) -> None:
         with self._lock(id):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,14 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
     from secretsd.controlplane.auth import TOKEN_ENV, load_admin_token
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Bind before announcing anything: a busy port is a clear error, not a
+    # "ready" line followed by a crash.
+    try:
+        sock = socket.create_server((host, port))
+    except OSError as exc:
+        click.echo(f"error: cannot listen on {host}:{port}: {os.strerror(exc.errno or 0)} (choose another --port)", err=True)
+        sys.exit(1)
+    port = sock.getsockname()[1]
     token, token_file = load_admin_token(data_dir)
     runtime = select_runtime(runtime_name, data_dir, templates_dir)
     if demo and runtime is None:
@@ -79,7 +89,8 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
         examples.run_in_background(url, token, data_dir, runtime.catalog.names(), token_file,
                                    lambda line: click.echo(line, err=True))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"))
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"))
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 commands = [serve]

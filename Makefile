@@ -9,11 +9,13 @@ STAMP    := $(VENV)/.installed
 DEBS     := dash bash busybox-static mksh posh yash zsh shellcheck strace \
             bubblewrap gosu postgresql git curl procps
 PYTEST_ARGS ?=
+PORT     ?= 8080
 
-.PHONY: help deps debs venv run test soak bench demo lint clean
+.PHONY: help deps debs venv run stop test soak bench demo lint clean
 
 help:
-	@echo "make run    start the control plane with example workspaces (embedded defaults)"
+	@echo "make run    start the control plane with example workspaces (PORT=8080)"
+	@echo "make stop   stop the example workspaces (they outlive the server)"
 	@echo "make test   run the whole test suite"
 	@echo "make demo   push, restart and check every example workspace end to end"
 	@echo "make bench  run the benchmarks (prints comparisons against baselines)"
@@ -33,7 +35,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: deps
-	$(BIN)/secretsd serve --demo
+	$(BIN)/secretsd serve --demo --port $(PORT)
+
+stop:
+	@if [ -d var/runtime/sandbox ]; then $(BIN)/secretsd workspace stop --all --data var; fi
 
 demo: deps
 	$(BIN)/secretsd demo
@@ -52,5 +57,5 @@ lint: deps
 	shellcheck -s sh src/secretsd/format/sh/*
 	shellcheck -e SC1091 examples/templates/*/*.sh examples/templates/bash-strict/lib/*.sh
 
-clean:
+clean: stop
 	rm -rf $(VENV) var build dist src/*.egg-info

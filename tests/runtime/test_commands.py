@@ -35,6 +35,11 @@ def test_workspace_env_status_logs(sandboxes: Sandboxes) -> None:
     res = secretsd("workspace", "logs", "cli", "--data", data)
     assert b"probe ready" in res.stdout and value.split(b"\n")[0] not in res.stdout
 
+    res = secretsd("workspace", "stop", "--all", "--data", data)
+    assert res.returncode == 0 and b"stopped cli" in res.stderr
+    assert json.loads(secretsd("workspace", "status", "--data", data, "--json").stdout)[0]["state"] != "running"
+    assert secretsd("workspace", "stop", "--data", data).returncode == 2  # neither IDs nor --all
+
 
 def test_workspace_errors_are_messages(sandboxes: Sandboxes, tmp_path: Path) -> None:
     sandboxes.provision("gone", PROBE, env={"PROBE_EXIT": "0"})

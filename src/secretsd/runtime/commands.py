@@ -29,7 +29,8 @@ data_option = click.option(
 
 def _runtime(data: Path) -> SandboxRuntime:
     if not (data / "runtime" / "sandbox").is_dir():
-        raise click.ClickException(f"no sandbox workspaces under {data} (wrong --data?)")
+        click.echo(f"error: no sandbox workspaces under {data} (wrong --data?)", err=True)
+        sys.exit(EXIT_FAILURE)
     return SandboxRuntime(data)
 
 
@@ -109,6 +110,28 @@ def logs_cmd(id: str, data: Path, lines: int) -> None:
         sys.exit(EXIT_FAILURE)
     tail = b"\n".join(text.splitlines()[-lines:]) + b"\n"
     sys.stdout.buffer.write(tail)
+
+
+@workspace.command("stop")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "stop_all", is_flag=True, help="Every workspace under --data.")
+@data_option
+def stop_cmd(ids: tuple[str, ...], stop_all: bool, data: Path) -> None:
+    """Stop workspaces (their secrets stay; the control plane's start or
+    restart brings them back). Workspaces outlive `secretsd serve`: this is
+    how to stop them without the API."""
+    if bool(ids) == stop_all:
+        raise click.UsageError("give workspace IDs or --all")
+    rt = _runtime(data)
+    failed = False
+    for id in rt.list() if stop_all else ids:
+        try:
+            rt.stop(id)
+            click.echo(f"stopped {id}", err=True)
+        except WorkspaceError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failed = True
+    sys.exit(EXIT_FAILURE if failed else 0)
 
 
 commands = [workspace]

@@ -21,7 +21,6 @@ from starlette.testclient import TestClient
 from secretsd.controlplane.app import AppConfig, create_app
 from secretsd.controlplane.commands import serve
 from secretsd.format.writer import SecretsDir
-from store.pgserver import PgCluster, shared_cluster, unavailable_reason
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 
@@ -119,24 +118,6 @@ def env(make_env: Callable[..., Env]) -> Env:
     e = make_env()
     e.create("w1")
     return e
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with shared_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
-    name = pg_cluster.create_database()
-    try:
-        yield pg_cluster.url(name)
-    finally:
-        pg_cluster.drop_database(name)
 
 
 def free_port() -> int:

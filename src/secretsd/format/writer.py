@@ -439,7 +439,10 @@ class SecretsDir:
             return []
         now = time.time()
         # A generation was superseded when its successor was written.
-        successors = [e for _, e in old[1:]] + [next(e for e in entries if e.name == gen)]
+        current = next((e for e in entries if e.name == gen), None)
+        if current is None:  # ..data dangles (the folder is being deleted under us): collect nothing
+            return []
+        successors = [e for _, e in old[1:]] + [current]
         removed = []
         for i, ((_, ent), succ) in enumerate(zip(old, successors, strict=True)):
             try:

@@ -322,3 +322,34 @@ def _unmount_all_under(root: Path) -> None:
     for p in reversed(points):
         if p.startswith(str(root) + "/"):
             subprocess.run(["umount", "-l", p], check=False)
+
+
+def test_folder_deleted_in_a_tight_loop_never_raises_in_the_service(inproc) -> None:
+    """Regression: rm -rf of the folder between the writer's swap and its collection raised
+    StopIteration (a 500 through the API). In-process, so the exception itself would show."""
+    import shutil
+
+    cp = inproc.app.state.cp
+    assert inproc.client.post("/cp/admin/workspaces", json={"id": "w"}).status_code == 201
+    ws_dir = inproc.data / "workspaces" / "w"
+    stop = threading.Event()
+
+    def deleter() -> None:
+        while not stop.is_set():
+            shutil.rmtree(ws_dir, ignore_errors=True)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=deleter, daemon=True)
+    t.start()
+    failures = 0
+    try:
+        for i in range(int(os.environ.get("SECRETSD_DELETE_LOOP", "400"))):
+            res = cp.service.push("w", {f"K{i % 5}": f"v{i}".encode()}, actor="test")
+            failures += not res.persisted  # a HostError (502/503) is fine; any other exception fails the test
+    finally:
+        stop.set()
+        t.join()
+    shutil.rmtree(ws_dir, ignore_errors=True)
+    assert cp.service.push("w", {"LAST": b"x"}, actor="test").persisted
+    assert folder(inproc.data, "w") == cp.store.effective("w")
+    record("faults_delete_loop_inprocess", pushes=400, host_failures=failures)

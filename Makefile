@@ -49,6 +49,7 @@ test: deps
 soak: deps
 	SECRETSD_SOAK=1 SECRETSD_CRASH_ITERATIONS=10000 $(BIN)/python -m pytest \
 	    tests/format/test_writer.py -k kill_9 $(PYTEST_ARGS)
+	SECRETSD_SOAK=1 $(BIN)/python -m pytest tests/adversarial $(PYTEST_ARGS)
 
 bench: deps
 	$(BIN)/python bench/run.py

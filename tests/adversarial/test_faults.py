@@ -157,11 +157,6 @@ def test_database_locked_by_another_process(tmp_path: Path) -> None:
     assert waited >= held * 0.9  # it waited for the lock instead of failing
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SQLite file deleted under a running server: the server keeps its open file descriptors to the unlinked "
-    "inode, /healthz stays 200 and pushes are acknowledged (200) into a file that no longer exists; after a "
-    "restart they are gone. Fix needs the store to notice the database path changed (compare st_ino of the "
-    "path with the open file per transaction) and answer 503 - store code, not a local fix."))
 def test_sqlite_file_deleted_under_a_running_server(tmp_path: Path) -> None:
     s = make_server(tmp_path)
     try:
@@ -172,6 +167,7 @@ def test_sqlite_file_deleted_under_a_running_server(tmp_path: Path) -> None:
             r = c.post("/cp/admin/workspaces/w/env", json={"env": {"A": "a"}})
             h = httpx.get(s.url + "/healthz")
             record("faults_db_deleted", push_status=r.status_code, healthz=h.status_code)
+            assert r.status_code == 503 and "database" in r.json()["error"]
         s.stop()
         s.start()
         with s.client() as c:

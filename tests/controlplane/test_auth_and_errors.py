@@ -150,3 +150,15 @@ def test_json_body_whatever_curl_declares(env, ctype) -> None:
 def test_other_content_types_are_a_clear_400(env) -> None:
     r = env.client.post("/cp/admin/workspaces/w1/env", content=b"--x--", headers={"content-type": "multipart/form-data; boundary=x"})
     assert r.status_code == 400 and "error" in r.json()
+
+
+def test_wrong_encryption_key_is_a_clear_503(env) -> None:
+    from secretsd.store.crypto import new_key, read_key_file, write_key_file
+
+    assert env.push("w1", {"A": "one"}).status_code == 200
+    assert env.push("w1", {"A": "two"}).status_code == 200
+    key_file = env.data / "encryption.key"
+    write_key_file(key_file, {v: new_key() for v in read_key_file(key_file)})  # same versions, other keys
+    r = env.client.post("/cp/admin/workspaces/w1/env/A/rollback", json={"version": 1})
+    assert r.status_code == 503, r.text
+    assert "wrong encryption key" in r.json()["error"] and "one" not in r.text

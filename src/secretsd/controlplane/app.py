@@ -22,6 +22,7 @@ from secretsd.controlplane.context import ControlPlane
 from secretsd.controlplane.errors import SafeJSONResponse
 from secretsd.controlplane.gate import Gate
 from secretsd.controlplane.hosts import HostTarget, LocalHost
+from secretsd.store.crypto import KeyRingError
 from secretsd.controlplane.metrics import Metrics
 from secretsd.controlplane.schemas import ErrorBody
 from secretsd.controlplane.service import InvalidBatch, SecretsService
@@ -139,6 +140,12 @@ def _store_errors(app: FastAPI) -> None:
     async def _vc(_r: Request, exc: VersionConflict) -> SafeJSONResponse:
         probs = [{"key": safe_key(k), "error": f"expected version {e}, stored {a}"} for k, (e, a) in sorted(exc.conflicts.items())]
         return SafeJSONResponse({"error": str(exc), "key": probs[0]["key"], "problems": probs}, status_code=409)
+
+    @app.exception_handler(KeyRingError)
+    async def _keys(_r: Request, exc: KeyRingError) -> SafeJSONResponse:
+        # An operator problem, not the client's: the message names key versions only.
+        log.error("encryption key problem: %s", exc)
+        return SafeJSONResponse({"error": f"server misconfigured: {exc}"}, status_code=503)
 
     @app.exception_handler(OperationalError)
     async def _db(_r: Request, exc: OperationalError) -> SafeJSONResponse:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 #: ``encryption_version`` column values (0 = plain is never written).
@@ -161,4 +162,12 @@ class KeyRing:
         aead = self._aead.get(key_version)
         if aead is None:
             raise KeyRingError(f"key version {key_version} is not in the key ring")
-        return aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        try:
+            return aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        except InvalidTag:
+            # The key file was replaced by an unrelated key (or the row was
+            # tampered with): say so instead of failing obscurely.
+            raise KeyRingError(
+                f"a stored value does not decrypt with key version {key_version}: "
+                "wrong encryption key (restore the key file or SECRETSD_ENCRYPTION_KEY)"
+            ) from None

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 DB_ENV = "SECRETSD_DB"
 DEFAULT_DB_NAME = "secretsd.db"
@@ -30,13 +31,27 @@ def make_engine(url: str, *, pool_size: int = 16) -> Engine:
             kw.update(pool_size=pool_size, max_overflow=pool_size * 2, pool_timeout=60)
         kw["connect_args"] = {"check_same_thread": False, "timeout": 60}
         engine = create_engine(url, **kw)
-        _sqlite_pragmas(engine)
+        path = Path(parsed.database) if parsed.database and parsed.database != ":memory:" else None
+        _sqlite_pragmas(engine, path)
         return engine
     kw.update(pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True, pool_timeout=60)
     return create_engine(url, **kw)
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _sqlite_pragmas(engine: Engine, path: Path | None) -> None:
+    # The file we opened. If it is deleted or replaced under a running server,
+    # open connections keep writing to the unlinked inode and every "durable"
+    # commit would vanish at the next start: refuse instead (503).
+    opened = _identity(path) if path else None
+
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _rec: Any) -> None:
         # We issue BEGIN ourselves (below), so the driver must not.
@@ -55,5 +70,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _begin(conn: Any) -> None:
         # Writers take the lock up front: a deferred transaction that upgrades
         # to a write fails with SQLITE_BUSY instead of waiting.
+        if path is not None and _identity(path) != opened:
+            raise OperationalError("BEGIN", None, Exception(f"database file {path.name} was deleted or replaced"))
         mode = "IMMEDIATE" if conn.get_execution_options().get("secretsd_write") else "DEFERRED"
         conn.exec_driver_sql(f"BEGIN {mode}")

@@ -19,6 +19,7 @@ import pytest
 from secretsd.format.loader import read_dir
 from secretsd.format.rules import FormatError, fingerprint
 from secretsd.format.writer import (
+    loader_source,
     DEFAULT_GRACE,
     ConflictError,
     NotFound,
@@ -160,6 +161,15 @@ def test_loader_installed_and_upgraded(sd: SecretsDir) -> None:
     sd.set("X", b"1")
     assert b"secretsd-load-version: 1" in loader.read_bytes()
     assert stat.S_IMODE(loader.stat().st_mode) == 0o644
+
+
+def test_tampered_loader_is_replaced_at_the_next_write(sd: SecretsDir) -> None:
+    # The workspace user owns the folder; the entrypoint's root pass sources
+    # load.sh: a planted loader (even one claiming a newer version) must go.
+    loader = sd.path / "load.sh"
+    loader.write_bytes(b"# secretsd-load-version: 999\nid > /tmp/pwned\n")
+    sd.replace_all({"X": b"1"})
+    assert loader.read_bytes() == loader_source()
 
 
 # ------------------------------------------------------------- crash safety

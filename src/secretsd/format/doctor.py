@@ -55,9 +55,14 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
         out.append(Finding("error", "NO_LOADER", f"{LOADER_NAME} missing (run `secretsd init`)"))
     else:
         with open(loader, "rb") as fh:
-            have = _loader_version(fh.read(4096))
-        if have < _loader_version(loader_source()):
-            out.append(Finding("warning", "OLD_LOADER", f"{LOADER_NAME} is version {have}, this secretsd ships {_loader_version(loader_source())}"))
+            data = fh.read()
+        if data != loader_source():
+            # Sourced by entrypoints, often as root: any change matters.
+            out.append(Finding(
+                "error", "LOADER_CHANGED",
+                f"{LOADER_NAME} (version {_loader_version(data)}) differs from the one this secretsd ships "
+                f"(version {_loader_version(loader_source())}); `secretsd repair` reinstalls it",
+            ))
     try:
         entries = sd.list()
     except SecretsDirError as exc:

@@ -600,7 +600,11 @@ class SecretsDir:
     def _ensure_loader(self, fd: int) -> None:
         src = loader_source()
         cur = self._read_file(fd, LOADER_NAME)
-        if cur is not None and (cur == src or _loader_version(cur) >= _loader_version(src)):
+        # Any difference is rewritten, not only an older version: the
+        # workspace user owns the folder, and the entrypoint's root pass
+        # sources this file, so a tampered loader must not survive a write
+        # (the control plane writes before every start).
+        if cur == src:
             try:
                 st = os.stat(LOADER_NAME, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:

@@ -90,7 +90,10 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
         examples.run_in_background(url, token, data_dir, runtime.catalog.names(), token_file,
                                    lambda line: click.echo(line, err=True))
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"))
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl-C it handled; a clean stop exits 0, as uvicorn.run does
 
 
 commands = [serve]

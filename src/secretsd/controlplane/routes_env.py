@@ -151,13 +151,18 @@ def _delete(cp: ControlPlane, owner: str, name: str, request: Request) -> Any:
     _check_name(cp, name)
     result = cp.service.delete(owner, name, actor=actor_of(request))
     res = DeleteResult(workspace_id=_label(owner), key=name, deleted_version=result.change.versions[name], persisted=True)
-    if not result.persisted:
-        cp.metrics.writethrough_failures.inc(len(result.failures))
-        res.persisted = False
-        res.failed_workspaces = sorted(result.failures)
-        res.error = _failure_text(result.failures)
-        return SafeJSONResponse(res.model_dump(), status_code=_failure_status(result.failures))
-    return res
+    return _answer(cp, res, result)
+
+
+def _answer(cp: ControlPlane, res: Any, result: Any) -> Any:
+    """200 with ``res``, or, when the folder write failed, 502/503 saying which workspaces."""
+    if result.persisted:
+        return res
+    cp.metrics.writethrough_failures.inc(len(result.failures))
+    res.persisted = False
+    res.failed_workspaces = sorted(result.failures)
+    res.error = _failure_text(result.failures)
+    return SafeJSONResponse(res.model_dump(), status_code=_failure_status(result.failures))
 
 
 def _versions(cp: ControlPlane, owner: str, name: str) -> VersionList:
@@ -172,13 +177,7 @@ def _rollback(cp: ControlPlane, owner: str, name: str, body: Rollback, request: 
     _check_name(cp, name)
     result = cp.service.rollback(owner, name, body.version, actor=actor_of(request))
     res = PushResult(workspace_id=_label(owner), keys=[name], versions=result.change.versions, persisted=True)
-    if not result.persisted:
-        cp.metrics.writethrough_failures.inc(len(result.failures))
-        res.persisted = False
-        res.failed_workspaces = sorted(result.failures)
-        res.error = _failure_text(result.failures)
-        return SafeJSONResponse(res.model_dump(), status_code=_failure_status(result.failures))
-    return res
+    return _answer(cp, res, result)
 
 
 # -- workspace scope ---------------------------------------------------------

@@ -157,6 +157,7 @@ def _kill_loop(tmp_path: Path, iterations: int, seed: int) -> None:
     assert stats["acked"] >= iterations // 2, "too few acknowledged pushes for the test to mean anything"
 
 
+@pytest.mark.timeout(40 * 60)  # 200 restarts: ~6 min here, more on a busy machine
 def test_kill_9_server_while_clients_push(tmp_path: Path) -> None:
     _kill_loop(tmp_path, int(os.environ.get("SECRETSD_SERVER_KILLS", "200")), seed=6)
 

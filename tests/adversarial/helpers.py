@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from secretsd.format.writer import SecretsDir
 from secretsd.store import KeyRing, Store
 from secretsd.store.engine import default_url
+from waiting import wait_healthy
 
 SOAK = bool(os.environ.get("SECRETSD_SOAK"))
 soak_only = pytest.mark.skipif(not SOAK, reason="long soak: set SECRETSD_SOAK=1 (make soak)")
@@ -62,18 +62,7 @@ class Server:
             self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
         finally:
             fh.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait()
-                raise RuntimeError("server did not start:\n" + self.log.read_text(errors="replace")[-4000:])
-            time.sleep(0.05)
+        wait_healthy(self.url, self.proc, self.log, timeout)
 
     def kill9(self) -> None:
         if self.proc and self.proc.poll() is None:

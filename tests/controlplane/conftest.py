@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from starlette.testclient import TestClient
 from secretsd.controlplane.app import AppConfig, create_app
 from secretsd.controlplane.commands import serve
 from secretsd.format.writer import SecretsDir
+from waiting import wait_healthy
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 
@@ -153,17 +153,7 @@ def start_server(data: Path, *, db_url: str | None = None, extra_env: dict[str, 
     with open(log, "wb") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("server did not start:\n" + log.read_text())
-        time.sleep(0.1)
+    wait_healthy(url, proc, log)
     token = env.get("SECRETSD_ADMIN_TOKEN") or (data / "admin.token").read_text().strip()
     return Server(url, data, log, token, proc)
 

@@ -21,12 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from secretsd.acceptance.client import Client
 from secretsd.runtime.base import WorkspaceError
 from secretsd.runtime.sandbox import SandboxRuntime
+from waiting import wait_healthy, wait_text
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -97,14 +97,7 @@ class Server:
         return self.rt.log_path(ws).read_text(errors="replace")
 
     def wait_console(self, ws: str, text: str, count: int = 1, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            log = self.console(ws)
-            if log.count(text) >= count:
-                return log
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{ws}: {text!r} x{count} not in its log:\n{log[-2000:]}")
-            time.sleep(0.05)
+        return wait_text(lambda: self.console(ws), text, count, timeout, ws)
 
     def wait_ready(self, ws: str, text: str = "agent-runtime: ready", timeout: float = 30.0) -> str:
         """The console since the workspace's last (re)start, once it shows ``text``. (A start
@@ -146,17 +139,7 @@ def start_server(data: Path, templates: Path | None, *args: str, port: int | Non
     with open(log, "ab") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("server did not start:\n" + log.read_text())
-        time.sleep(0.1)
+    wait_healthy(url, proc, log)
     return Server(url, data, log, (data / "admin.token").read_text().strip(), proc)
 
 

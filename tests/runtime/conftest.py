@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from secretsd.runtime import load_images
 from secretsd.runtime.base import WorkspaceError, WorkspaceSpec
 from secretsd.runtime.sandbox import SandboxRuntime
+from waiting import wait_text
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -80,14 +80,7 @@ class Sandboxes:
         return self.rt.log_path(id).read_text(errors="replace")
 
     def wait_log(self, id: str, text: str, count: int = 1, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            log = self.log(id)
-            if log.count(text) >= count:
-                return log
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{id}: {text!r} x{count} not in log:\n{log[-2000:]}")
-            time.sleep(0.05)
+        return wait_text(lambda: self.log(id), text, count, timeout, id)
 
     def cleanup(self) -> None:
         for id in self.rt.list():

@@ -65,6 +65,7 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
             ))
     try:
         entries = sd.list()
+        values = sd.read_all()  # once: get() per key would re-read the folder each time
     except SecretsDirError as exc:
         return out + [Finding("error", "UNREADABLE", str(exc))]
     gen = os.path.join(root, DATA)
@@ -74,7 +75,7 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
     for e in entries:
         path = os.path.join(root, e.name)
         out += _attrs(os.path.realpath(path), FILE_MODE, sd, e.name, "DRIFT")
-        value = sd.get(e.name)
+        value = values.get(e.name, b"")
         total += env_string_size(e.name, value)
         if value.endswith(b"\n"):
             out.append(Finding("warning", "TRAILING_NEWLINE", f"{e.name}: value ends with a newline (it is part of the value)", e.name))

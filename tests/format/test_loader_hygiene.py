@@ -32,7 +32,8 @@ def run_script(shell: list[str], folder: Path, body: str, tmp_path: Path, user: 
     argv = [*shell, str(script)]
     if user:
         argv = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups", *argv]
-    return subprocess.run(argv, capture_output=True, env=env, timeout=30)
+    # cwd /tmp: the checkout may sit in a folder the unprivileged user cannot enter (posh then crashes)
+    return subprocess.run(argv, capture_output=True, env=env, timeout=30, cwd="/tmp")
 
 
 SHELLS = available_shells()

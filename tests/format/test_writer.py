@@ -159,7 +159,7 @@ def test_loader_installed_and_upgraded(sd: SecretsDir) -> None:
     assert b"secretsd-load-version" in loader.read_bytes()
     loader.write_bytes(b"# secretsd-load-version: 0\n")
     sd.set("X", b"1")
-    assert b"secretsd-load-version: 1" in loader.read_bytes()
+    assert b"secretsd-load-version: 2" in loader.read_bytes()
     assert stat.S_IMODE(loader.stat().st_mode) == 0o644
 
 

@@ -64,10 +64,17 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
                 f"(version {_loader_version(loader_source())}); `secretsd repair` reinstalls it",
             ))
     try:
+        cache = sd.cache_problem()
         entries = sd.list()
         values = sd.read_all()  # once: get() per key would re-read the folder each time
     except SecretsDirError as exc:
         return out + [Finding("error", "UNREADABLE", str(exc))]
+    if cache is not None:
+        out.append(Finding(
+            "warning", "CACHE_STALE",
+            f"the generation's load cache is {cache}: load.sh reads those values from the files instead "
+            "(same values, slower); the next write or `secretsd repair` rewrites it",
+        ))
     gen = os.path.join(root, DATA)
     if os.path.isdir(gen):
         out += _attrs(os.path.realpath(gen), DIR_MODE, sd, f"{DATA} generation", "DRIFT")

@@ -60,6 +60,8 @@ DEFAULT_RESERVED: tuple[str, ...] = (
 @functools.lru_cache(maxsize=8)
 def _reserved_re(patterns: tuple[str, ...]) -> re.Pattern[str]:
     """One compiled regex for the glob list: checked for every name on every write."""
+    if not patterns:
+        return re.compile(r"(?!)")  # an empty list reserves nothing ("" would match every name)
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 

@@ -8,6 +8,7 @@ reads both)::
       ..data -> ..gen-00000042 the current generation, swapped by rename
       ..gen-00000042/          0700 owner, one complete set of values
         GITHUB_TOKEN           0600 owner, the raw value
+        .load-cache.sh         0600 owner, the same values quoted for load.sh
       GITHUB_TOKEN -> ..data/GITHUB_TOKEN
 
 Every change, one key or a batch, is a new generation: write every file of
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from secretsd.format import loadcache
 from secretsd.format.rules import (
     DEFAULT_GID,
     DEFAULT_UID,
@@ -272,7 +274,8 @@ class SecretsDir:
                 raise _oserror(key, "set mode/owner", exc) from None
             # Unprivileged: can't chown to someone else; mode still fixed.
 
-    def _write_file(self, dir_fd: int, name: str, data: bytes, mode: int, key: str) -> None:
+    def _write_file(self, dir_fd: int, name: str, data: bytes, mode: int, key: str | None,
+                    mtime_ns: int | None = None) -> None:
         # O_EXCL|O_NOFOLLOW: we only ever write files we just created.
         fd = os.open(
             name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd
@@ -283,6 +286,8 @@ class SecretsDir:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -504,6 +509,9 @@ class SecretsDir:
         seqs = [s for e in entries if (s := _gen_seq(e.name)) is not None]
         gen = f"{GEN_PREFIX}{max(seqs, default=0) + 1:08d}"
         old_keys = set(old_values)
+        # The cache and the files written with it share one backdated time:
+        # any later edit of a file makes it newer than the cache.
+        stamp = loadcache.stamp_ns()
         key_now: str | None = None
         ofd = self._open_gen(fd, old_gen)
         try:
@@ -512,11 +520,12 @@ class SecretsDir:
             try:
                 self._fix_attrs(gfd, None, DIR_MODE)
                 for key_now, value in new.items():
-                    if ofd is not None and old_values.get(key_now) == value and self._reusable(ofd, key_now):
+                    if ofd is not None and old_values.get(key_now) == value and self._reusable(ofd, key_now, stamp):
                         os.link(key_now, key_now, src_dir_fd=ofd, dst_dir_fd=gfd, follow_symlinks=False)
                     else:
-                        self._write_file(gfd, key_now, value, FILE_MODE, key_now)
+                        self._write_file(gfd, key_now, value, FILE_MODE, key_now, stamp)
                 key_now = None
+                self._write_file(gfd, loadcache.CACHE_NAME, loadcache.render(new), FILE_MODE, None, stamp)
                 self._fsync_dir(gfd)
             finally:
                 os.close(gfd)
@@ -571,9 +580,10 @@ class SecretsDir:
         except OSError:
             return None
 
-    def _reusable(self, gfd: int, key: str) -> bool:
+    def _reusable(self, gfd: int, key: str, stamp: int) -> bool:
         """An old file may be shared only if it is ours as written: a regular
-        file with the right mode and owner (else it is copied afresh)."""
+        file with the right mode and owner, not newer than the new cache
+        (else it is copied afresh)."""
         try:
             st = os.stat(key, dir_fd=gfd, follow_symlinks=False)
         except OSError:
@@ -582,6 +592,7 @@ class SecretsDir:
             stat.S_ISREG(st.st_mode)
             and stat.S_IMODE(st.st_mode) == FILE_MODE
             and (st.st_uid, st.st_gid) == (self.uid, self.gid)
+            and st.st_mtime_ns <= stamp
         )
 
     def _swap(self, fd: int, gen: str) -> None:
@@ -661,7 +672,7 @@ class SecretsDir:
                 new = {k: v for k, v in current.items() if k not in set(delete)}
                 new.update(update)
             self.rules.check_total(new)
-            if new == current and gen is not None and not self._drifted(fd, gen):
+            if new == current and gen is not None and not self._drifted(fd, gen, current):
                 return  # nothing to do; still durable
             self._commit(fd, gen, current, new)
             self._collect(fd)
@@ -687,7 +698,7 @@ class SecretsDir:
             with self._opened_gen(fd, ent.name) as gfd:
                 if gfd is None:
                     continue
-                for key in keys:
+                for key in [*keys, loadcache.CACHE_NAME]:  # the cache holds the values too
                     try:
                         os.unlink(key, dir_fd=gfd)
                     except FileNotFoundError:
@@ -695,8 +706,9 @@ class SecretsDir:
                     except OSError as exc:
                         self.warnings.append(f"cannot scrub {key} from {ent.name}: {os.strerror(exc.errno or 0)}")
 
-    def _drifted(self, fd: int, gen: str) -> bool:
-        """Mode, owner or type of the current generation changed by someone."""
+    def _drifted(self, fd: int, gen: str, values: Mapping[str, bytes]) -> bool:
+        """Mode, owner or type of the current generation changed by someone,
+        or its loader cache no longer matches ``values`` (its files)."""
         gfd = self._open_gen(fd, gen)
         if gfd is None:
             return True
@@ -712,9 +724,40 @@ class SecretsDir:
                     or (st.st_uid, st.st_gid) != (self.uid, self.gid)
                 ):
                     return True
+            return self._cache_problem(gfd, values) is not None
         finally:
             os.close(gfd)
-        return False
+
+    def _cache_problem(self, gfd: int, values: Mapping[str, bytes]) -> str | None:
+        """Why load.sh would not take every value from the cache, or None."""
+        data = self._read_file(gfd, loadcache.CACHE_NAME)
+        if data is None:
+            return "missing"
+        if data != loadcache.render(values):
+            return "out of date"
+        try:
+            cached = os.stat(loadcache.CACHE_NAME, dir_fd=gfd, follow_symlinks=False).st_mtime_ns
+            newer = sorted(n for n in values if os.stat(n, dir_fd=gfd, follow_symlinks=False).st_mtime_ns > cached)
+        except OSError:
+            return "changing (a file vanished)"
+        if newer:
+            return f"older than {', '.join(newer)} (edited by hand)"
+        return None
+
+    def cache_problem(self) -> str | None:
+        """Why load.sh would read some files instead of the generation's
+        cache (slower, same values), or None (doctor reports it)."""
+        fd = self._open_dir(create=False)
+        try:
+            gen, _ = self._scan(fd)
+            if gen is None or _gen_seq(gen) is None:
+                return None  # no generation, or not ours (a Kubernetes volume)
+            with self._opened_gen(fd, gen) as gfd:
+                if gfd is None:
+                    return None
+                return self._cache_problem(gfd, self._values(gfd, os.listdir(gfd)))
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------ public API
 
@@ -758,9 +801,9 @@ class SecretsDir:
                 self._adopt(fd, gen, gen_values, hand)
                 done.append(f"adopted hand-made files: {', '.join(sorted(hand))}")
                 gen, gen_values, hand = self._current(fd)
-            if gen is not None and self._drifted(fd, gen):
+            if gen is not None and self._drifted(fd, gen, gen_values):
                 self._commit(fd, gen, {}, gen_values)
-                done.append("rewrote generation to fix mode/owner drift")
+                done.append("rewrote generation to fix mode/owner drift or its loader cache")
             return done
 
     def collect(self) -> list[str]:

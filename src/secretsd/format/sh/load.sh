@@ -1,5 +1,5 @@
 # shellcheck shell=sh
-# secretsd-load-version: 1
+# secretsd-load-version: 2
 #
 # Export every secret in secrets.d as an environment variable.
 # Source it, don't run it:
@@ -12,8 +12,10 @@
 # IFS, locale or working directory behind. Every helper name starts with
 # __secretsd_ and is unset at the end.
 
-# xtrace off first, so no assignment below is traced. `$-` holds the options.
+# xtrace and verbose off first, so no line below (nor the generation's
+# cache) is echoed. `$-` holds the options.
 case $- in *x*) set +x; __secretsd_x=1 ;; *) __secretsd_x= ;; esac
+case $- in *v*) set +v; __secretsd_vb=1 ;; *) __secretsd_vb= ;; esac
 case $- in *f*) __secretsd_nf=1; set +f ;; *) __secretsd_nf= ;; esac
 case $- in *a*) __secretsd_a=1; set +a ;; *) __secretsd_a= ;; esac
 
@@ -28,6 +30,16 @@ if [ -n "${YASH_VERSION-}" ]; then LC_ALL=C.UTF-8; else LC_ALL=C; fi
 __secretsd_dir=${SECRETSD_DIR:-/configs/secrets.d}
 # One NAME=value plus NUL must fit the kernel's per-string limit (131072).
 __secretsd_max=131072
+
+# The generation's cache (docs/format.md, "The loader cache") needs
+# `test -nt` and a shell that survives a damaged file under `command .`:
+# mksh, posh and yash exit instead, so they always read the files.
+__secretsd_fast=
+if [ -z "${KSH_VERSION-}${POSH_VERSION-}${YASH_VERSION-}" ]; then
+    # `[ / -nt / ]` is false (1) where -nt works and an error (2) where not.
+    # shellcheck disable=SC3013,SC2319
+    if { [ / -nt / ] || [ $? -eq 1 ]; } 2>/dev/null; then __secretsd_fast=1; fi
+fi
 
 # __secretsd_warn NAME REASON
 __secretsd_warn() {
@@ -57,6 +69,34 @@ __secretsd_generation() {
     return 0
 }
 
+# __secretsd_cached: export the generation's values from its cache, if the
+# cache names exactly the generation's files and none of them is newer than
+# it (a hand edit makes a file newer). All or nothing: otherwise the files
+# are read. The cache defines __secretsd_cn (' NAME NAME ') and the function
+# __secretsd_apply (one `export NAME='value'` per name).
+__secretsd_cached() {
+    __secretsd_k=$__secretsd_gen/.load-cache.sh
+    __secretsd_names=
+    # shellcheck source=/dev/null
+    if [ -f "$__secretsd_k" ] && [ -r "$__secretsd_k" ] && command . "$__secretsd_k" 2>/dev/null; then
+        __secretsd_names=' '
+        for __secretsd_f in "$__secretsd_gen"/*; do
+            # shellcheck disable=SC3013
+            if [ "$__secretsd_f" -nt "$__secretsd_k" ]; then __secretsd_names=; break; fi
+            __secretsd_names="$__secretsd_names${__secretsd_f##*/} "
+        done
+    fi
+    if [ -n "$__secretsd_names" ] && [ "$__secretsd_names" = "${__secretsd_cn-}" ]; then
+        __secretsd_apply
+        __secretsd_done=$__secretsd_names
+    else
+        __secretsd_names=
+    fi
+    unset -f __secretsd_apply 2>/dev/null || :
+    unset __secretsd_cn
+    [ -n "$__secretsd_names" ]
+}
+
 # One pass. The top level is listed before `..data` is resolved: hand-made
 # regular files there win over the generation (docs/format.md explains the
 # order). The per-key work is inline, not in functions: it is the hot path.
@@ -67,8 +107,11 @@ __secretsd_pass() {
     __secretsd_done=' '
     set -- "$__secretsd_dir"/*
     __secretsd_generation || __secretsd_gen=
+    # The generation's files still to read: none when its cache was used.
+    __secretsd_rest=$__secretsd_gen
+    if [ -n "$__secretsd_fast" ] && [ -n "$__secretsd_gen" ] && __secretsd_cached; then __secretsd_rest=; fi
     IFS=' '  # posh joins "$@" into one word when IFS is empty
-    for __secretsd_f in "$@" ${__secretsd_gen:+"$__secretsd_gen"/*}; do
+    for __secretsd_f in "$@" ${__secretsd_rest:+"$__secretsd_rest"/*}; do
         __secretsd_n=${__secretsd_f##*/}
         case $__secretsd_f in
             "$__secretsd_gen"/*)
@@ -173,8 +216,11 @@ if [ -n "$__secretsd_lc_set" ]; then LC_ALL=$__secretsd_lc; else unset LC_ALL; f
 if [ -n "$__secretsd_ifs_set" ]; then IFS=$__secretsd_ifs; else unset IFS; fi
 [ -z "$__secretsd_a" ] || set -a
 [ -z "$__secretsd_nf" ] || set -f
-unset -f __secretsd_warn __secretsd_generation __secretsd_pass
+unset -f __secretsd_warn __secretsd_generation __secretsd_cached __secretsd_pass
 unset __secretsd_ifs_set __secretsd_ifs __secretsd_lc_set __secretsd_lc __secretsd_dir \
     __secretsd_max __secretsd_rc __secretsd_nf __secretsd_done __secretsd_prev __secretsd_hand __secretsd_big __secretsd_c __secretsd_v __secretsd_l __secretsd_gen \
-    __secretsd_g __secretsd_f __secretsd_n __secretsd_vanished __secretsd_try __secretsd_a __secretsd_used
+    __secretsd_g __secretsd_f __secretsd_n __secretsd_vanished __secretsd_try __secretsd_a __secretsd_used \
+    __secretsd_fast __secretsd_k __secretsd_names __secretsd_rest
+[ -z "$__secretsd_vb" ] || set -v
+unset __secretsd_vb
 if [ -n "$__secretsd_x" ]; then unset __secretsd_x; set -x; else unset __secretsd_x; fi

@@ -239,3 +239,71 @@ def test_fits_refuses_inside_the_transaction(store: Store) -> None:
         store.put("w1", {"B": b"22"}, actor="t", fits=fits)
     assert seen == [{"G": 5, "A": 1, "B": 2}]
     assert "B" not in store.effective("w1")
+
+
+def test_group_commit_refused_requests_leave_the_others(store: Store) -> None:
+    """put_groups: each request in its own savepoint; a refused one (any reason) is handed back alone."""
+    from secretsd.store.store import PutRequest
+
+    store.put("w1", {"A": b"1"}, actor="t")
+    store.put("w2", {"Z": b"9"}, actor="t")
+
+    def fits(sizes: dict[str, int]) -> None:
+        if "HUGE" in sizes:
+            raise ValueError("too big")
+
+    groups = [
+        ("w1", [PutRequest({"A": b"2", "B": b"b"}, "t"),
+                PutRequest({"A": b"x"}, "t", expected={"A": 1}),  # stale: A is at 2 by now
+                PutRequest({"HUGE": b"h", "C": b"c"}, "t"),  # refused by fits
+                PutRequest({"A": b"3"}, "t", expected={"A": 2})]),
+        ("nope", [PutRequest({"A": b"1"}, "t")]),  # no such workspace
+        ("w2", [PutRequest({"Z": b"10", "Y": b"y"}, "t")]),
+    ]
+    res = store.put_groups(groups, fits=fits)
+    assert res[0][0].versions == {"A": 2, "B": 1}
+    assert isinstance(res[0][1], VersionConflict)
+    assert isinstance(res[0][2], ValueError)
+    assert res[0][3].versions == {"A": 3}
+    assert isinstance(res[1][0], NotFound)
+    assert res[2][0].versions == {"Y": 1, "Z": 2}
+    assert res[2][0].workspaces == ["w2"]
+    assert store.effective("w1") == {"A": b"3", "B": b"b"}
+    assert store.effective("w2") == {"Z": b"10", "Y": b"y"}
+    assert store.pending_for("w1") == ["A", "B"] and store.pending_for("w2") == ["Y", "Z"]
+    assert store.pending_workspaces() == ["w1", "w2"]
+    events = store.audit_events(workspace="w1")
+    assert [(e.key, e.version) for e in events if e.action == "set"] == [("A", 3), ("B", 1), ("A", 2), ("A", 1)]
+    # Single-request groups take the path without savepoints: same answers.
+    one = store.put_groups([("w1", [PutRequest({"A": b"4"}, "t", expected={"A": 1})])])
+    assert isinstance(one[0][0], VersionConflict)
+    assert store.put_groups([("w1", [PutRequest({"A": b"4"}, "t", expected={"A": 3})])])[0][0].versions == {"A": 4}
+    assert store.put_many("w2", [PutRequest({"Y": b"2"}, "t"), PutRequest({"Q": b"q"}, "t", expected={"Q": 5})])[0].versions == {"Y": 2}
+
+
+def test_group_commit_many_keys_prunes_and_restamps_marks(store: Store) -> None:
+    from secretsd.store.store import PutRequest
+
+    names = [f"K{i}" for i in range(12)]
+    for i in range(12):
+        store.put_groups([("w1", [PutRequest({n: f"{i}".encode() for n in names}, "t")]),
+                          ("w2", [PutRequest({"S": f"{i}".encode()}, "t")])])
+    assert store.effective("w1") == {n: b"11" for n in names}
+    assert [v.version for v in store.versions("w1", "K5")] == list(range(12, 2, -1))
+    at = store.put("w1", {"K0": b"new"}, actor="t").at
+    store.clear_pending("w1", names, upto=at - 1e-6)  # an older write: K0's newer mark stays
+    assert store.pending_for("w1") == ["K0"]
+
+
+def test_driver_errors_on_the_hot_path_are_sqlalchemy_errors(store: Store) -> None:
+    """The hot path runs on the driver's cursor; its errors must still be SQLAlchemy's (the API maps them)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    canary_value = canary()
+    with store.engine.begin() as c:
+        c.execute(text("DROP TABLE pending"))
+    with pytest.raises((OperationalError, ProgrammingError)) as info:
+        store.put("w1", {"A": canary_value}, actor="t")
+    assert canary_value.decode() not in str(info.value)
+    assert "A" not in store.effective("w1")  # the whole change rolled back

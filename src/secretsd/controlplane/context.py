@@ -34,7 +34,9 @@ class ControlPlane:
         return hmac.new(self.idempotency_secret, canon, hashlib.sha256).hexdigest()
 
 
-def get_cp(request: Request) -> ControlPlane:
+async def get_cp(request: Request) -> ControlPlane:
+    # async on purpose: FastAPI runs a sync dependency in the thread pool, one
+    # extra thread hop (≈ 0.3 ms of CPU) per request for an attribute read.
     return request.app.state.cp  # type: ignore[no-any-return]
 
 

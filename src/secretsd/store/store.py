@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from secretsd.store import schema as S
 from secretsd.store.crypto import ENC_AES_GCM, KeyRing
 from secretsd.store.engine import make_engine
+from secretsd.store.fastpath import FastPath
 from secretsd.store.errors import AlreadyExists, NotFound, VersionConflict
 from secretsd.store.models import (
     AuditEvent,
@@ -37,23 +39,12 @@ IDEMPOTENCY_TTL = 24 * 3600.0
 _RETRIES = 5
 
 
-# Prebuilt statements for the hot path: building Core statements per call
-# costs more CPU than the SQLite commit itself.
-_V, _H, _P, _A = S.secret_versions, S.secrets, S.pending, S.audit
+# Prebuilt Core statements for the paths off the push hot path (which runs
+# plain SQL on the driver's cursor: fastpath.py).
+_H, _P = S.secrets, S.pending
 _Q_OWNER = select(S.workspaces.c.id).where(S.workspaces.c.id == bindparam("o"))
 _Q_HEADS = select(_H).where(_H.c.owner == bindparam("o"), _H.c.name.in_(bindparam("names", expanding=True)))
 _Q_HEADS_LOCK = _Q_HEADS.with_for_update()
-_INS_VERSION = insert(_V)
-_INS_HEAD = insert(_H)
-_UPD_HEAD = (
-    update(_H)
-    .where(_H.c.owner == bindparam("b_owner"), _H.c.name == bindparam("b_name"))
-    .values(version=bindparam("version"), last_version=bindparam("last_version"), deleted=bindparam("deleted"),
-            size=bindparam("size"), sha8=bindparam("sha8"), updated_at=bindparam("updated_at"))
-)
-_DEL_OLD = delete(_V).where(_V.c.owner == bindparam("b_owner"), _V.c.name == bindparam("b_name"),
-                            _V.c.version <= bindparam("b_upto"))
-_INS_AUDIT = insert(_A)
 _Q_PENDING = select(_P.c.workspace, _P.c.name).where(
     _P.c.workspace.in_(bindparam("ws", expanding=True)), _P.c.name.in_(bindparam("names", expanding=True)))
 _INS_PENDING = insert(_P)
@@ -61,8 +52,19 @@ _UPD_PENDING = update(_P).where(_P.c.workspace == bindparam("b_ws"), _P.c.name =
     since=bindparam("b_since"))
 _DEL_PENDING = delete(_P).where(_P.c.workspace == bindparam("ws"), _P.c.name.in_(bindparam("names", expanding=True)),
                                 _P.c.since <= bindparam("upto"))
-_DEL_PENDING_ALL = delete(_P).where(_P.c.workspace == bindparam("ws"), _P.c.since <= bindparam("upto"))
 _Q_LIVE = select(_H).where(_H.c.owner.in_(bindparam("owners", expanding=True)), _H.c.deleted.is_(False))
+
+
+class _Head(NamedTuple):
+    name: str
+    version: int
+    last_version: int
+    deleted: bool
+    size: int
+    sha8: str
+
+
+_NO_CURSOR: Any = object()
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class Store:
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
         self.keep_versions = keep_versions
         self.clock = clock
+        self._fast = FastPath(engine.dialect)
 
     @classmethod
     def open(cls, url: str, keyring: KeyRing, **kw: object) -> Store:
@@ -279,10 +282,12 @@ class Store:
                 return [exc]
         out: list[Change | Exception] = []
         with self._write() as c:
+            cur = self._fast.cursor(c)
             for req in requests:
                 try:
-                    with c.begin_nested():
-                        out.append(self._put(c, owner, req.values, req.actor, req.expected, "set", req.idempotency, fits))
+                    with self._fast.savepoint(c, cur):
+                        out.append(self._put(c, owner, req.values, req.actor, req.expected, "set", req.idempotency,
+                                             fits, cur=cur))
                 except Exception as exc:  # noqa: BLE001 - handed back to that request's caller
                     out.append(exc)
         return out
@@ -305,13 +310,14 @@ class Store:
             return [self.put_many(owner, reqs, fits=fits)]
         out: list[list[Change | Exception]] = []
         with self._write() as c:
+            cur = self._fast.cursor(c)
             for owner, reqs in groups:
                 res: list[Change | Exception] = []
                 for req in reqs:
                     try:
-                        with c.begin_nested():
+                        with self._fast.savepoint(c, cur):
                             res.append(self._put(c, owner, req.values, req.actor, req.expected, "set",
-                                                 req.idempotency, fits))
+                                                 req.idempotency, fits, cur=cur))
                     except Exception as exc:  # noqa: BLE001 - handed back to that request's caller
                         res.append(exc)
                 out.append(res)
@@ -327,17 +333,28 @@ class Store:
         action: str,
         idempotency: tuple[str, str, str, Callable[[Change], tuple[int, str]]] | None,
         fits: Callable[[dict[str, int]], None] | None = None,
+        *,
+        cur: Any = _NO_CURSOR,
     ) -> Change:
+        # The hot path: plain SQL on the driver's cursor (see fastpath.py), one
+        # executemany per table, pending marks replaced by one upsert.
+        fast = self._fast
+        if cur is _NO_CURSOR:
+            cur = fast.cursor(c)
         names = sorted(values)
-        heads = self._heads(c, owner, names, lock=True)
-        if not heads:  # a key of this owner exists only while the workspace does
-            self._require_owner(c, owner)
+        params: dict[str, Any] = {"o": owner}
+        for i, n in enumerate(names):
+            params[f"n{i}"] = n
+        heads = {r[0]: _Head(*r) for r in fast.run(c, cur, fast.heads_sql(len(names)), params)}
+        if not heads and owner != GLOBAL:  # a key of this owner exists only while the workspace does
+            if not fast.run(c, cur, "owner", {"o": owner}):
+                raise NotFound("workspace", owner)
         self._check_expected(heads, expected or {})
         if fits is not None:
             sizes: dict[str, int] = {}
-            rows = c.execute(_Q_LIVE, {"owners": [GLOBAL, owner] if owner != GLOBAL else [GLOBAL]}).all()
-            for r in sorted(rows, key=lambda r: r.owner != GLOBAL):
-                sizes[r.name] = r.size
+            rows = fast.run(c, cur, "live", {"g": GLOBAL, "o": owner, "f": False})
+            for r in sorted(rows, key=lambda r: r[0] != GLOBAL):
+                sizes[r[1]] = r[2]
             sizes.update({k: len(v) for k, v in values.items()})
             fits(sizes)
         now = self.clock()
@@ -352,33 +369,33 @@ class Store:
             new_rows.append(dict(owner=owner, name=name, version=ver, blob=blob, key_version=kv,
                                  encryption_version=ENC_AES_GCM, size=len(value), sha8=fp,
                                  created_at=now, actor=actor, action=action))
-            row = dict(version=ver, last_version=ver, deleted=False, size=len(value), sha8=fp, updated_at=now)
-            if head is None:
-                head_new.append(dict(owner=owner, name=name, **row))
-            else:
-                head_upd.append(dict(b_owner=owner, b_name=name, **row))
+            row = dict(owner=owner, name=name, version=ver, last_version=ver, deleted=False, size=len(value),
+                       sha8=fp, updated_at=now)
+            (head_new if head is None else head_upd).append(row)
             if ver > self.keep_versions:
-                prune.append(dict(b_owner=owner, b_name=name, b_upto=ver - self.keep_versions))
+                prune.append(dict(owner=owner, name=name, upto=ver - self.keep_versions))
             audit.append(dict(at=now, actor=actor, action=action, workspace=owner or None, key=name,
                               version=ver, sha8=fp))
             versions[name] = ver
-        c.execute(_INS_VERSION, new_rows)
-        if head_new:
-            c.execute(_INS_HEAD, head_new)
-        if head_upd:
-            c.execute(_UPD_HEAD, head_upd)
-        if prune:
-            c.execute(_DEL_OLD, prune)
-        c.execute(_INS_AUDIT, audit)
-        change = Change(versions, self._mark_pending(c, owner, names, now), now)
+        fast.many(c, cur, "ins_version", new_rows)
+        fast.many(c, cur, "ins_head", head_new)
+        fast.many(c, cur, "upd_head", head_upd)
+        fast.many(c, cur, "prune", prune)
+        fast.many(c, cur, "ins_audit", audit)
+        if owner != GLOBAL:
+            # Replace the marks: a re-stamped mark is never cleared by an older write.
+            marks = [{"workspace": owner, "name": n, "since": now} for n in names]
+            if not fast.upsert:
+                fast.many(c, cur, "unmark_one", [{"workspace": owner, "name": n} for n in names])
+            fast.many(c, cur, "mark", marks)
+            change = Change(versions, [owner], now)
+        else:
+            change = Change(versions, self._mark_pending(c, owner, names, now), now)
         if idempotency:
             key, scope, req_sha, answer = idempotency
             status, body = answer(change)
-            c.execute(
-                insert(S.idempotency).values(
-                    key=key, scope=scope, request_sha=req_sha, status=status, body=body, created_at=now
-                )
-            )
+            fast.run(c, cur, "ins_idem", {"key": key, "scope": scope, "request_sha": req_sha, "status": status,
+                                          "body": body, "created_at": now})
         return change
 
     def delete_secret(self, owner: str, name: str, *, actor: str) -> Change:
@@ -495,12 +512,12 @@ class Store:
         work = [(ws, names, now if upto is None else upto) for ws, names, upto in items if names is None or names]
         if not work:
             return
+        whole = [{"ws": ws, "upto": upto} for ws, names, upto in work if names is None]
+        some = [{"ws": ws, "name": n, "upto": upto} for ws, names, upto in work if names is not None for n in names]
         with self._write_relaxed() as c:  # marks are a hint: a lost clear is one extra rewrite
-            for ws, names, upto in work:
-                if names is None:
-                    c.execute(_DEL_PENDING_ALL, {"ws": ws, "upto": upto})
-                else:
-                    c.execute(_DEL_PENDING, {"ws": ws, "names": names, "upto": upto})
+            cur = self._fast.cursor(c)
+            self._fast.many(c, cur, "clear_all", whole)
+            self._fast.many(c, cur, "clear", some)
 
     # -- idempotency ---------------------------------------------------------
 

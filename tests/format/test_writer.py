@@ -19,6 +19,7 @@ import pytest
 from secretsd.format.loader import read_dir
 from secretsd.format.rules import FormatError, fingerprint
 from secretsd.format.writer import (
+    MAX_OLD_GENERATIONS,
     loader_source,
     DEFAULT_GRACE,
     ConflictError,
@@ -170,6 +171,31 @@ def test_tampered_loader_is_replaced_at_the_next_write(sd: SecretsDir) -> None:
     loader.write_bytes(b"# secretsd-load-version: 999\nid > /tmp/pwned\n")
     sd.replace_all({"X": b"1"})
     assert loader.read_bytes() == loader_source()
+
+
+@pytest.mark.parametrize("how", ["same-size-in-place", "chmod", "renamed-over"])
+def test_a_loader_remembered_as_good_is_still_checked(sd: SecretsDir, how: str) -> None:
+    """Writes skip re-reading a load.sh whose stat signature they verified;
+    any change to it (same size, in place; mode; a new inode) is still caught."""
+    loader = sd.path / "load.sh"
+    time.sleep(1.1)  # signatures are remembered once ctime is a second old
+    sd.set("X", b"1")  # verifies and remembers the loader
+    sd.set("X", b"2")  # skips the read
+    evil = b"#" + loader_source()[1:].replace(b"secretsd", b"pwnedxyz")
+    assert len(evil) == len(loader_source())
+    if how == "same-size-in-place":
+        with open(loader, "r+b") as fh:
+            fh.write(evil)
+    elif how == "chmod":
+        loader.chmod(0o777)
+    else:
+        tmp = sd.path / "x"
+        tmp.write_bytes(evil)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, loader)
+    sd.set("X", b"3")
+    assert loader.read_bytes() == loader_source()
+    assert stat.S_IMODE(loader.stat().st_mode) == 0o644
 
 
 # ------------------------------------------------------------- crash safety
@@ -485,3 +511,24 @@ def test_collect_and_repair_tidy_up(tmp_path: Path) -> None:
     time.sleep(0.01)
     s.collect()
     assert len([p for p in s.path.iterdir() if p.name.startswith("..gen-")]) == 1
+
+
+def test_collection_can_be_left_to_the_caller(tmp_path: Path) -> None:
+    """collect_on_write=False: writes remove only generations over the cap;
+    collect() removes the rest once the grace is over (the control plane
+    does this off its request path)."""
+    sd = SecretsDir(tmp_path / "secrets.d", grace=0.0, collect_on_write=False)
+
+    def gens() -> list[str]:
+        return sorted(p.name for p in sd.path.iterdir() if p.name.startswith("..gen-"))
+
+    for i in range(5):
+        sd.set("K", str(i).encode())
+    assert len(gens()) == 5
+    for i in range(MAX_OLD_GENERATIONS + 5):
+        sd.set("K", f"x{i}".encode())
+    assert len(gens()) == MAX_OLD_GENERATIONS + 1
+    time.sleep(0.01)
+    assert sd.collect()
+    assert gens() == [os.readlink(sd.path / "..data")]
+    assert sd.get("K") == f"x{MAX_OLD_GENERATIONS + 4}".encode()

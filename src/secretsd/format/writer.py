@@ -161,6 +161,14 @@ def _gen_seq(name: str) -> int | None:
 _process_locks: dict[str, threading.Lock] = {}
 _process_locks_guard = threading.Lock()
 
+#: Folder -> signature of the load.sh whose bytes were last found identical
+#: to ours, so a write need not re-read it (see _ensure_loader).
+_LOADER_OK: dict[str, tuple[int, ...]] = {}
+
+
+def _signature(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid)
+
 
 def _thread_lock(key: str) -> threading.Lock:
     with _process_locks_guard:
@@ -180,6 +188,7 @@ class SecretsDir:
         rules: Rules | None = None,
         lock_timeout: float = 30.0,
         grace: float = DEFAULT_GRACE,
+        collect_on_write: bool = True,
     ) -> None:
         self.path = Path(os.path.abspath(path))
         # The parent is trusted by default (the caller named the path); a
@@ -194,6 +203,10 @@ class SecretsDir:
         self.rules = rules or Rules()
         self.lock_timeout = lock_timeout
         self.grace = grace
+        # False: a write removes only generations over MAX_OLD_GENERATIONS,
+        # and the caller runs collect() after the grace, off its hot path
+        # (removing a folder costs journal work on the caller's latency).
+        self.collect_on_write = collect_on_write
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ open
@@ -210,15 +223,17 @@ class SecretsDir:
         try:
             for i, part in enumerate(parts):
                 last = i == len(parts) - 1
-                if create:
-                    try:
-                        os.mkdir(part, DIR_MODE if last else 0o755, dir_fd=fd)
-                    except FileExistsError:
-                        pass
                 try:
-                    nfd = os.open(
-                        part, _DIR_NOFOLLOW, dir_fd=fd
-                    )
+                    try:
+                        nfd = os.open(part, _DIR_NOFOLLOW, dir_fd=fd)
+                    except FileNotFoundError:
+                        if not create:
+                            raise
+                        try:  # created only when missing: the usual open costs no mkdir
+                            os.mkdir(part, DIR_MODE if last else 0o755, dir_fd=fd)
+                        except FileExistsError:
+                            pass
+                        nfd = os.open(part, _DIR_NOFOLLOW, dir_fd=fd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise WriteError(
@@ -294,24 +309,28 @@ class SecretsDir:
 
     def _read_file(self, dir_fd: int, name: str) -> bytes | None:
         """Bytes of a regular file, never through a link; None if unusable."""
+        return self._read_file_stat(dir_fd, name)[0]
+
+    def _read_file_stat(self, dir_fd: int, name: str) -> tuple[bytes | None, os.stat_result | None]:
+        """``_read_file`` and the file's fstat, taken before reading."""
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
         except OSError:
-            return None
+            return None, None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return None  # a fifo or device planted to hang or trick us
+                return None, None  # a fifo or device planted to hang or trick us
             if st.st_size > self.rules.max_env_string:
                 self.warnings.append(f"{name}: larger than {self.rules.max_env_string} bytes, skipped")
-                return None
+                return None, None
             chunks = []
             while True:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
                 chunks.append(chunk)
-            return b"".join(chunks)
+            return b"".join(chunks), st
         finally:
             os.close(fd)
 
@@ -431,8 +450,9 @@ class SecretsDir:
         else:
             os.unlink(name, dir_fd=fd)
 
-    def _collect(self, fd: int) -> list[str]:
-        """Remove superseded generations once no reader can still need them."""
+    def _collect(self, fd: int, *, excess_only: bool = False) -> list[str]:
+        """Remove superseded generations once no reader can still need them
+        (``excess_only``: only those over MAX_OLD_GENERATIONS)."""
         gen, entries = self._scan(fd)
         cur = _gen_seq(gen) if gen else None
         if cur is None:
@@ -455,7 +475,7 @@ class SecretsDir:
             except FileNotFoundError:
                 since = self.grace + 1
             too_many = len(old) - i > MAX_OLD_GENERATIONS
-            if since > self.grace or too_many:
+            if (since > self.grace and not excess_only) or too_many:
                 try:
                     self._remove(fd, ent.name)
                 except OSError as exc:
@@ -610,17 +630,24 @@ class SecretsDir:
 
     def _ensure_loader(self, fd: int) -> None:
         src = loader_source()
-        cur = self._read_file(fd, LOADER_NAME)
+        try:
+            st = os.stat(LOADER_NAME, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and _LOADER_OK.get(str(self.path)) == _signature(st):
+            return  # the very file whose bytes we checked: any write, chmod or chown changes ctime
+        cur, st = self._read_file_stat(fd, LOADER_NAME)
         # Any difference is rewritten, not only an older version: the
         # workspace user owns the folder, and the entrypoint's root pass
         # sources this file, so a tampered loader must not survive a write
         # (the control plane writes before every start).
-        if cur == src:
-            try:
-                st = os.stat(LOADER_NAME, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                st = None
-            if st and stat.S_IMODE(st.st_mode) == LOADER_MODE and (st.st_uid, st.st_gid) == (self.uid, self.gid):
+        if cur == src and st is not None:
+            if stat.S_IMODE(st.st_mode) == LOADER_MODE and (st.st_uid, st.st_gid) == (self.uid, self.gid):
+                # Remember it only once its ctime is a second old: a change
+                # after our fstat then gets a later ctime even where file
+                # times are coarse (one clock tick).
+                if st.st_ctime_ns < time.time_ns() - 1_000_000_000:
+                    _LOADER_OK[str(self.path)] = _signature(st)
                 return
         tmp = f"{TMP_PREFIX}{LOADER_NAME}"
         self._remove(fd, tmp)
@@ -675,7 +702,7 @@ class SecretsDir:
             if new == current and gen is not None and not self._drifted(fd, gen, current):
                 return  # nothing to do; still durable
             self._commit(fd, gen, current, new)
-            self._collect(fd)
+            self._collect(fd, excess_only=not self.collect_on_write)
 
     def _adopt(self, fd: int, gen: str | None, gen_values: dict[str, bytes], hand: dict[str, bytes]) -> None:
         """Fold hand-made regular files into a generation and link them."""

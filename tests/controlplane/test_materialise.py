@@ -214,3 +214,39 @@ def test_restart_push_and_stop_without_template_are_409(make_env: Callable[..., 
     assert r.status_code == 409 and "no template" in r.json()["error"]
     assert env.folder("bare") == {}  # refused before anything was written
     assert env.client.post("/cp/admin/workspaces/bare/stop").status_code == 409
+
+
+def _generations(host: LocalHost, ws: str) -> list[str]:
+    return sorted(p.name for p in host.secrets_dir(ws).path.iterdir() if p.name.startswith("..gen-"))
+
+
+def test_superseded_generations_are_collected_off_the_write_path(tmp_path) -> None:
+    import time
+
+    host = LocalHost(tmp_path / "data", grace=0.3)
+    host.replace_all("w", {"A": b"0"})
+    for i in range(1, 5):
+        host.apply("w", {"A": str(i).encode()}, [])
+    assert len(_generations(host, "w")) == 5  # within the grace: kept for readers, and no rmtree on the writes
+    deadline = time.monotonic() + 10
+    while len(_generations(host, "w")) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _generations(host, "w") == ["..gen-00000005"]
+    assert host.secrets_dir("w").read_all() == {"A": b"4"}
+
+
+def test_a_write_collects_inline_when_the_collector_is_late(tmp_path) -> None:
+    import time
+
+    host = LocalHost(tmp_path / "data", grace=0.3)
+    c = host._collector
+    assert c is not None
+    with c._cv:  # hold the collector back (as a busy machine would)
+        host.replace_all("w", {"A": b"0"})
+        host.apply("w", {"A": b"1"}, [])
+        time.sleep(0.5)
+        assert c.overdue("w")
+        host.apply("w", {"A": b"2"}, [])  # collects what passed the grace, as the writer always did
+        assert _generations(host, "w") == ["..gen-00000002", "..gen-00000003"]
+    host.remove("w")
+    assert not c.overdue("w")

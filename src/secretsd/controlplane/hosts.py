@@ -11,12 +11,15 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from secretsd.format.rules import FormatError, Rules
-from secretsd.format.writer import LockTimeout, SecretsDir, SecretsDirError, WriteError
+from secretsd.format.writer import DEFAULT_GRACE, LockTimeout, SecretsDir, SecretsDirError, WriteError
 
 #: errnos that mean "try again later" (503) rather than "this host is broken" (502).
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EINTR, errno.ETIMEDOUT}
@@ -54,13 +57,16 @@ class LocalHost:
     """``DATA/workspaces/<id>/configs/secrets.d`` on this machine, via the crash-safe writer."""
 
     def __init__(self, data_dir: Path, *, rules: Rules | None = None, lock_timeout: float = 30.0,
-                 uid: int | None = None, gid: int | None = None) -> None:
+                 uid: int | None = None, gid: int | None = None, background_collect: bool = True,
+                 grace: float = DEFAULT_GRACE) -> None:
         self.base = Path(data_dir).resolve() / "workspaces"
         self.rules = rules or Rules()
         self.lock_timeout = lock_timeout
         self.uid, self.gid = uid, gid
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o711)
+        self.grace = grace  # how long a superseded generation stays for readers still in it
+        self._collector = _Collector(self, grace) if background_collect else None
 
     def configs_dir(self, workspace: str) -> Path:
         # Callers validate ids; this is a second line of defence.
@@ -68,24 +74,36 @@ class LocalHost:
             raise HostError(workspace[:80], "invalid workspace id")
         return self.base / workspace / "configs"
 
-    def _dir(self, workspace: str) -> SecretsDir:
+    def _dir(self, workspace: str, *, collect_on_write: bool = True) -> SecretsDir:
         return SecretsDir(
             self.configs_dir(workspace) / "secrets.d", base=self.base, uid=self.uid, gid=self.gid,
-            rules=self.rules, lock_timeout=self.lock_timeout,
+            rules=self.rules, lock_timeout=self.lock_timeout, grace=self.grace,
+            collect_on_write=collect_on_write,
         )
 
+    def _writer(self, workspace: str) -> SecretsDir:
+        """The writer for one write: collection left to the background collector unless it is late."""
+        c = self._collector
+        return self._dir(workspace, collect_on_write=c is None or c.overdue(workspace))
+
     def apply(self, workspace: str, set: Mapping[str, bytes], delete: Iterable[str]) -> None:  # noqa: A002
-        sd = self._dir(workspace)
+        sd = self._writer(workspace)
         if not os.path.lexists(os.path.join(sd.path, "..data")):
             raise HostError(workspace, "the folder is missing: it needs a full rewrite", missing=True)
         with _translated(workspace):
             sd.apply(set=set, delete=list(delete))
+        if self._collector is not None:
+            self._collector.superseded(workspace)
 
     def replace_all(self, workspace: str, env: Mapping[str, bytes]) -> None:
         with _translated(workspace):
-            self._dir(workspace).replace_all(env)
+            self._writer(workspace).replace_all(env)
+        if self._collector is not None:
+            self._collector.superseded(workspace)
 
     def remove(self, workspace: str) -> None:
+        if self._collector is not None:
+            self._collector.forget(workspace)
         path = self.base / self.configs_dir(workspace).parent.name
         # rmtree uses fd-relative calls and never follows links below the top.
         if path.is_symlink():
@@ -96,6 +114,91 @@ class LocalHost:
     def secrets_dir(self, workspace: str) -> SecretsDir:
         """The writer for one folder (tests and tools read it back with it)."""
         return self._dir(workspace)
+
+
+class _Collector:
+    """Removes superseded generations off the request path, once their grace has passed.
+
+    The writer keeps a superseded generation for ``grace`` seconds (a reader
+    may still be in it) and, by default, each write removes the ones older
+    than that: an ``rmtree`` on the write's latency, under the folder lock.
+    Here writes leave that to this thread, which runs ``collect()`` for a
+    workspace when its oldest superseded generation passes the grace. Should
+    the thread fall behind, the next write of that workspace collects inline
+    as before, so a write never leaves a generation older than the grace
+    behind it. The writer still removes generations over its cap itself.
+    """
+
+    margin = 0.05  # the writer compares file times, whole seconds on some file systems: a little after
+
+    def __init__(self, host: LocalHost, grace: float = DEFAULT_GRACE) -> None:
+        self.host = host
+        self.grace = grace
+        self._cv = threading.Condition()
+        self._writes: dict[str, deque[float]] = {}  # workspace -> times generations were superseded
+        self._failed: set[str] = set()  # collect failed: the next write of these collects inline
+        self._thread: threading.Thread | None = None
+
+    def superseded(self, ws: str) -> None:
+        with self._cv:
+            self._failed.discard(ws)
+            self._writes.setdefault(ws, deque()).append(time.monotonic())
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="secretsd-collect", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def overdue(self, ws: str) -> bool:
+        with self._cv:
+            if ws in self._failed:
+                return True
+            times = self._writes.get(ws)
+            return bool(times) and time.monotonic() > times[0] + self.grace + self.margin  # type: ignore[index]
+
+    def forget(self, ws: str) -> None:
+        with self._cv:
+            self._writes.pop(ws, None)
+            self._failed.discard(ws)
+
+    def _due(self) -> tuple[list[str], float | None]:
+        now = time.monotonic()
+        due, wake = [], None
+        for ws, times in self._writes.items():
+            at = times[0] + self.grace + self.margin
+            if at <= now:
+                due.append(ws)
+            elif wake is None or at < wake:
+                wake = at
+        return due, wake
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                due, wake = self._due()
+                while not due:
+                    if wake is None:  # nothing left to collect: the thread ends, the next write starts one
+                        self._thread = None
+                        return
+                    self._cv.wait(max(0.0, wake - time.monotonic()))
+                    due, wake = self._due()
+            for ws in due:
+                started = time.monotonic()
+                failed = False
+                try:
+                    sd = self.host._dir(ws)
+                    sd.collect()
+                    failed = bool(sd.warnings)  # e.g. EBUSY on a generation
+                except Exception:  # noqa: BLE001 - gone, locked, EBUSY: the next write collects inline
+                    failed = True
+                with self._cv:
+                    if failed and ws in self._writes:
+                        self._failed.add(ws)
+                    times = self._writes.get(ws)
+                    # Generations superseded up to ``grace`` before the collect started are gone now.
+                    while times and times[0] + self.grace + self.margin <= started:
+                        times.popleft()
+                    if times is not None and not times:
+                        del self._writes[ws]
 
 
 class _translated:

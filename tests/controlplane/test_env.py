@@ -201,3 +201,30 @@ def test_workspace_crud(env: Env) -> None:
     # Recreated: nothing left over.
     env.create("w2")
     assert env.folder("w2") == {} and env.client.get("/cp/admin/workspaces/w2/env").json()["secrets"] == []
+
+
+def test_routes_are_not_rebuilt_per_request(env) -> None:
+    """FastAPI builds an included router's effective routes once (per routes version), not per request:
+    a rebuild costs a pydantic TypeAdapter per parameter. Guards the hot path against a regression."""
+    import pytest
+
+    routing = pytest.importorskip("fastapi.routing")
+    ctx = getattr(routing, "_EffectiveRouteContext", None)
+    if ctx is None:
+        pytest.skip("this FastAPI has no _EffectiveRouteContext")
+    env.push("w1", {"A": "0"})  # the first request builds them
+    calls = {"n": 0}
+    original = ctx.from_api_route.__func__
+
+    def counting(cls, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return original(cls, **kw)
+
+    ctx.from_api_route = classmethod(counting)
+    try:
+        for i in range(5):
+            assert env.push("w1", {"A": str(i)}).status_code == 200
+            assert env.client.get("/cp/admin/workspaces/w1/env").status_code == 200
+    finally:
+        ctx.from_api_route = classmethod(original)
+    assert calls["n"] == 0

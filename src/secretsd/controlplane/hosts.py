@@ -81,25 +81,29 @@ class LocalHost:
             collect_on_write=collect_on_write,
         )
 
-    def _writer(self, workspace: str) -> SecretsDir:
-        """The writer for one write: collection left to the background collector unless it is late."""
+    def _writer(self, workspace: str) -> tuple[SecretsDir, float]:
+        """The writer for one write: collection left to the background collector unless it is due."""
         c = self._collector
-        return self._dir(workspace, collect_on_write=c is None or c.overdue(workspace))
+        started = time.monotonic()
+        return self._dir(workspace, collect_on_write=c is None or c.overdue(workspace)), started
+
+    def _wrote(self, workspace: str, sd: SecretsDir, started: float) -> None:
+        if self._collector is not None:
+            self._collector.superseded(workspace, collected_at=started if sd.collect_on_write else None)
 
     def apply(self, workspace: str, set: Mapping[str, bytes], delete: Iterable[str]) -> None:  # noqa: A002
-        sd = self._writer(workspace)
+        sd, started = self._writer(workspace)
         if not os.path.lexists(os.path.join(sd.path, "..data")):
             raise HostError(workspace, "the folder is missing: it needs a full rewrite", missing=True)
         with _translated(workspace):
             sd.apply(set=set, delete=list(delete))
-        if self._collector is not None:
-            self._collector.superseded(workspace)
+        self._wrote(workspace, sd, started)
 
     def replace_all(self, workspace: str, env: Mapping[str, bytes]) -> None:
+        sd, started = self._writer(workspace)
         with _translated(workspace):
-            self._writer(workspace).replace_all(env)
-        if self._collector is not None:
-            self._collector.superseded(workspace)
+            sd.replace_all(env)
+        self._wrote(workspace, sd, started)
 
     def remove(self, workspace: str) -> None:
         if self._collector is not None:
@@ -122,14 +126,18 @@ class _Collector:
     The writer keeps a superseded generation for ``grace`` seconds (a reader
     may still be in it) and, by default, each write removes the ones older
     than that: an ``rmtree`` on the write's latency, under the folder lock.
-    Here writes leave that to this thread, which runs ``collect()`` for a
-    workspace when its oldest superseded generation passes the grace. Should
-    the thread fall behind, the next write of that workspace collects inline
-    as before, so a write never leaves a generation older than the grace
-    behind it. The writer still removes generations over its cap itself.
+    Here a write leaves that to this thread, which runs ``collect()`` for a
+    workspace shortly after its oldest superseded generation passes the
+    grace, unless a write of that workspace comes first: a write still
+    collects inline (as the writer always did) whenever a generation of its
+    folder has passed the grace, so a write never leaves one behind it. A
+    workspace written more often than every ``grace`` seconds thus costs what
+    it did; the usual one (a push now and then) no longer pays an ``rmtree``
+    on its next push. The writer still removes generations over its cap.
     """
 
-    margin = 0.05  # the writer compares file times, whole seconds on some file systems: a little after
+    margin = 0.05  # a little after the grace: the writer compares file times
+    lag = 0.5  # the thread waits this much longer, so that a busy workspace's next write does it instead
 
     def __init__(self, host: LocalHost, grace: float = DEFAULT_GRACE) -> None:
         self.host = host
@@ -139,10 +147,14 @@ class _Collector:
         self._failed: set[str] = set()  # collect failed: the next write of these collects inline
         self._thread: threading.Thread | None = None
 
-    def superseded(self, ws: str) -> None:
+    def superseded(self, ws: str, *, collected_at: float | None = None) -> None:
+        """A write superseded a generation; ``collected_at``: that write collected inline, started then."""
         with self._cv:
-            self._failed.discard(ws)
-            self._writes.setdefault(ws, deque()).append(time.monotonic())
+            times = self._writes.setdefault(ws, deque())
+            if collected_at is not None:
+                self._failed.discard(ws)
+                self._drop(times, collected_at)
+            times.append(time.monotonic())
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="secretsd-collect", daemon=True)
                 self._thread.start()
@@ -160,11 +172,18 @@ class _Collector:
             self._writes.pop(ws, None)
             self._failed.discard(ws)
 
+    def _drop(self, times: deque[float], collected_at: float) -> None:
+        """Generations superseded ``grace`` before a collect started are gone after it."""
+        while times and times[0] + self.grace + self.margin <= collected_at:
+            times.popleft()
+
     def _due(self) -> tuple[list[str], float | None]:
         now = time.monotonic()
         due, wake = [], None
         for ws, times in self._writes.items():
-            at = times[0] + self.grace + self.margin
+            if not times:
+                continue
+            at = times[0] + self.grace + self.margin + self.lag
             if at <= now:
                 due.append(ws)
             elif wake is None or at < wake:
@@ -191,13 +210,13 @@ class _Collector:
                 except Exception:  # noqa: BLE001 - gone, locked, EBUSY: the next write collects inline
                     failed = True
                 with self._cv:
-                    if failed and ws in self._writes:
-                        self._failed.add(ws)
                     times = self._writes.get(ws)
-                    # Generations superseded up to ``grace`` before the collect started are gone now.
-                    while times and times[0] + self.grace + self.margin <= started:
-                        times.popleft()
-                    if times is not None and not times:
+                    if times is None:  # forgotten meanwhile
+                        continue
+                    if failed:
+                        self._failed.add(ws)
+                    self._drop(times, started)
+                    if not times:
                         del self._writes[ws]
 
 

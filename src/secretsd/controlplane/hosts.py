@@ -154,11 +154,15 @@ class _Collector:
             if collected_at is not None:
                 self._failed.discard(ws)
                 self._drop(times, collected_at)
+            first = not times
             times.append(time.monotonic())
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="secretsd-collect", daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            elif first:
+                # Wake the thread only when this workspace had nothing pending: otherwise its
+                # earliest due time did not move, and a wake per push is a thread switch per push.
+                self._cv.notify()
 
     def overdue(self, ws: str) -> bool:
         with self._cv:

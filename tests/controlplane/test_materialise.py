@@ -250,3 +250,25 @@ def test_a_write_collects_inline_when_the_collector_is_late(tmp_path) -> None:
         assert _generations(host, "w") == ["..gen-00000002", "..gen-00000003"]
     host.remove("w")
     assert not c.overdue("w")
+
+
+def test_a_stored_key_that_became_reserved_is_left_out_not_blocking(make_env: Callable[..., Env], tmp_path,
+                                                                    caplog) -> None:
+    """An upgrade reserved a name the store already holds (here COLUMNS): the
+    workspace still materialises without it, and DELETE can remove it."""
+    rt = RecordingRuntime(tmp_path / "data")
+    env = make_env(runtime=rt, data=tmp_path / "data")
+    env.create("w1")
+    env.push("w1", {"A": "1"})
+    store = env.app.state.cp.store  # type: ignore[attr-defined]
+    store.put("w1", {"COLUMNS": b"cAnArY-cols"}, actor="pre-upgrade")  # what an older release accepted
+    assert env.push("w1", {"COLUMNS": "80"}).status_code == 400  # refused today
+    assert env.client.post("/cp/admin/workspaces/w1/restart").status_code == 200
+    assert env.folder("w1") == {"A": b"1"}
+    assert "COLUMNS" in caplog.text and "cAnArY-cols" not in caplog.text
+    assert env.push("w1", {"B": "2"}).status_code == 200
+    names = {s["name"] for s in env.client.get("/cp/admin/workspaces/w1/env").json()["secrets"]}
+    assert names == {"A", "B", "COLUMNS"}
+    assert env.client.get("/cp/admin/workspaces/w1/env/COLUMNS/versions").status_code == 200
+    assert env.client.delete("/cp/admin/workspaces/w1/env/COLUMNS").status_code == 200
+    assert env.folder("w1") == {"A": b"1", "B": b"2"}

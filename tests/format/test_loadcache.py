@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 
 from secretsd.format import loadcache
 from secretsd.format.doctor import diagnose
-from secretsd.format.rules import Rules
-from secretsd.format.writer import SecretsDir, loader_source
+from secretsd.format.rules import LOADER_RESERVED, Rules
+from secretsd.format.writer import STALE_CACHE_USED, SecretsDir, loader_source
 
 from .shells import available_shells, loaded, source_in
 
 SHELLS = available_shells()
-#: Shells that use the cache; mksh, posh and yash always read the files.
-FAST = {"dash", "bash", "bash-posix", "busybox-ash", "zsh-sh"}
+#: Shells that use the cache; mksh, posh, yash and zsh always read the files.
+FAST = {"dash", "bash", "bash-posix", "busybox-ash"}
 
 
 def shell_id(shell: list[str]) -> str:
@@ -105,13 +105,15 @@ def test_a_hand_edit_wins_at_once(shell, sd, how):
 
 
 @pytest.mark.parametrize("shell", SHELLS)
-@pytest.mark.parametrize("damage", ["truncated", "syntax", "empty", "unreadable-dir-entry"])
+@pytest.mark.parametrize("damage", ["truncated", "cut-before-the-names", "syntax", "empty", "unreadable-dir-entry"])
 def test_a_damaged_cache_never_fails_the_caller(shell, sd, damage):
     cache = gen_dir(sd) / loadcache.CACHE_NAME
     st = os.stat(cache)
     data = cache.read_bytes()
     if damage == "truncated":
         cache.write_bytes(data[: data.index(b"alpha") + 2])  # inside a quote
+    elif damage == "cut-before-the-names":
+        cache.write_bytes(data[: data.index(b"__secretsd_cn")])  # sources fine, defines no name list
     elif damage == "syntax":
         cache.write_bytes(data.replace(b"__secretsd_apply() {", b"__secretsd_apply() { ( ;;"))
     elif damage == "empty":
@@ -176,7 +178,8 @@ def test_cache_and_written_files_share_a_backdated_time(sd):
     assert cache.st_mtime <= time.time() - loadcache.BACKDATE + 0.001
     for n in ("A", "B", "C"):
         assert os.stat(g / n).st_mtime_ns <= cache.st_mtime_ns
-    assert oct(cache.st_mode & 0o777) == "0o600"
+    assert oct(cache.st_mode & 0o777) == ("0o640" if os.geteuid() == 0 else "0o600")
+    assert cache.st_uid == (0 if os.geteuid() == 0 else os.stat(g / "A").st_uid)
 
 
 def test_deleting_a_key_scrubs_it_from_old_caches(tmp_path):
@@ -186,6 +189,42 @@ def test_deleting_a_key_scrubs_it_from_old_caches(tmp_path):
     sd.delete("GONE")
     hits = [p for p in sd.path.rglob("*") if p.is_file() and b"canary-3e1d" in p.read_bytes()]
     assert hits == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the check is about a root shell and a cache it does not own")
+@pytest.mark.parametrize("shell", [p for p in SHELLS if p.id in FAST])
+def test_a_root_shell_never_sources_a_cache_it_does_not_own(shell, sd, tmp_path):
+    """The folder's owner could write a cache; a root shell whose load.sh
+    lives elsewhere must not run it (nor take values from it)."""
+    cache = gen_dir(sd) / loadcache.CACHE_NAME
+    assert cache.stat().st_uid == 0
+    st = cache.stat()
+    marker = tmp_path / "ran"
+    cache.write_bytes(cache.read_bytes() + f"touch '{marker}'\n".encode())
+    os.chown(cache, 1000, 1000)
+    os.utime(cache, ns=(st.st_atime_ns, st.st_mtime_ns))
+    poison(sd, ["A"])
+    got, err = loaded(shell, sd.path)
+    assert got[b"A"] == b"POISON" and not marker.exists()
+
+
+@pytest.mark.parametrize("setup", ["set -T", "shopt -s extdebug"])
+def test_bash_reads_the_files_when_a_debug_trap_reaches_functions(sd, setup):
+    """A DEBUG trap that runs in functions would see the cache's export lines."""
+    poison(sd, ["A"])
+    proc = source_in(["bash"], sd.path, prelude=f"{setup}; trap 'printf \"%s\\n\" \"$BASH_COMMAND\" >&2' DEBUG",
+                     after='echo "A=$A"')
+    assert proc.returncode == 0 and b"A=POISON" in proc.stdout
+    assert b"alpha" not in proc.stderr
+
+
+def test_doctor_says_error_when_load_sh_would_use_a_stale_cache(sd):
+    poison(sd, ["A"])  # new bytes, old time: load.sh would export the cached value
+    assert sd.cache_problem() == STALE_CACHE_USED
+    (finding,) = [f for f in diagnose(sd) if f.code == "CACHE_STALE"]
+    assert finding.severity == "error" and "repair" in finding.message
+    sd.repair()
+    assert sd.cache_problem() is None
 
 
 def test_a_stale_cache_is_reported_and_rewritten(sd):
@@ -207,12 +246,12 @@ def test_repair_rewrites_a_missing_cache(sd):
 
 
 def test_loader_refusals_match_load_sh():
-    """loadcache.LOADER_REFUSES is load.sh's own `reserved name` case list."""
+    """load.sh's `reserved name` case list is rules.LOADER_RESERVED, word for word."""
     text = loader_source().decode()
     m = re.search(r"\n\s*(IFS \| PS1[^)]*)\)\s*\n\s*__secretsd_warn \"\$__secretsd_n\" 'reserved name'", text)
     assert m, "reserved-name case not found in load.sh"
-    words = {w.strip() for w in m.group(1).replace("\\\n", " ").split("|")}
-    assert words == set(loadcache.LOADER_REFUSES) | {p + "*" for p in loadcache.LOADER_REFUSES_PREFIXES}
+    words = [w.strip() for w in m.group(1).replace("\\\n", " ").split("|")]
+    assert sorted(words) == sorted(LOADER_RESERVED)
 
 
 @pytest.mark.parametrize("shell", SHELLS)

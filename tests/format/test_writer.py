@@ -160,7 +160,7 @@ def test_loader_installed_and_upgraded(sd: SecretsDir) -> None:
     assert b"secretsd-load-version" in loader.read_bytes()
     loader.write_bytes(b"# secretsd-load-version: 0\n")
     sd.set("X", b"1")
-    assert b"secretsd-load-version: 2" in loader.read_bytes()
+    assert loader.read_bytes() == loader_source()
     assert stat.S_IMODE(loader.stat().st_mode) == 0o644
 
 
@@ -532,3 +532,16 @@ def test_collection_can_be_left_to_the_caller(tmp_path: Path) -> None:
     assert sd.collect()
     assert gens() == [os.readlink(sd.path / "..data")]
     assert sd.get("K") == f"x{MAX_OLD_GENERATIONS + 4}".encode()
+
+
+def test_a_hand_made_file_the_rules_refuse_is_never_adopted(sd: SecretsDir) -> None:
+    sd.set("A", b"a")
+    (sd.path / "BAD").write_bytes(b"x\0y")  # no loader can export it the same way
+    with pytest.raises(FormatError) as exc:
+        sd.set("B", b"b")
+    assert exc.value.key == "BAD" and "NUL" in exc.value.reason
+    assert (sd.path / "BAD").read_bytes() == b"x\0y" and not os.path.islink(sd.path / "BAD")
+    assert any("left hand-made file BAD" in line for line in sd.repair())
+    assert b"x\0y" not in (sd.path / "..data" / ".load-cache.sh").read_bytes()
+    sd.replace_all({"A": b"a2"})  # materialisation: the folder becomes exactly this
+    assert not os.path.lexists(sd.path / "BAD") and sd.read_all() == {"A": b"a2"}

@@ -23,7 +23,7 @@ from secretsd.controlplane.schemas import (
     VersionList,
 )
 from secretsd.controlplane.service import WriteResult
-from secretsd.format.rules import FormatError
+from secretsd.format.rules import FormatError, Rules
 from secretsd.store import GLOBAL, Change
 
 router = APIRouter(tags=["secrets"])
@@ -54,9 +54,14 @@ def _failure_text(failures: dict[str, HostError]) -> str:
     return "stored, but the folder write failed (pending; the next materialisation applies it): " + "; ".join(parts) + more
 
 
-def _check_name(cp: ControlPlane, name: str) -> None:
+_ANY_NAME = Rules(reserved=())
+
+
+def _check_name(cp: ControlPlane, name: str, *, reserved_ok: bool = False) -> None:
+    """400 for a malformed name. ``reserved_ok``: listing versions of and
+    deleting a stored key must work even if the key became reserved later."""
     try:
-        cp.service.rules.check_name(name)
+        (_ANY_NAME if reserved_ok else cp.service.rules).check_name(name)
     except FormatError as exc:
         raise ApiError(400, exc.reason, key=name) from None
 
@@ -148,7 +153,7 @@ def _list(cp: ControlPlane, owner: str) -> SecretList:
 
 
 def _delete(cp: ControlPlane, owner: str, name: str, request: Request) -> Any:
-    _check_name(cp, name)
+    _check_name(cp, name, reserved_ok=True)
     result = cp.service.delete(owner, name, actor=actor_of(request))
     res = DeleteResult(workspace_id=_label(owner), key=name, deleted_version=result.change.versions[name], persisted=True)
     return _answer(cp, res, result)
@@ -166,7 +171,7 @@ def _answer(cp: ControlPlane, res: Any, result: Any) -> Any:
 
 
 def _versions(cp: ControlPlane, owner: str, name: str) -> VersionList:
-    _check_name(cp, name)
+    _check_name(cp, name, reserved_ok=True)
     rows = cp.store.versions(owner, name)
     return VersionList(workspace_id=_label(owner), name=name, versions=[
         VersionInfo(version=v.version, size=v.size, sha256_8=v.sha8, created_at=iso(v.created_at), actor=v.actor,

@@ -9,6 +9,7 @@ workspace rewrites the whole folder from the store.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -19,6 +20,8 @@ from secretsd.controlplane.hosts import HostError, HostTarget
 from secretsd.format.rules import FormatError, Rules, encode_value, env_string_size
 from secretsd.store import GLOBAL, Change, Store
 from secretsd.store.store import PutRequest
+
+log = logging.getLogger("secretsd.controlplane")
 
 
 class InvalidBatch(Exception):
@@ -300,7 +303,7 @@ class SecretsService:
                 self._materialise_locked(ws)
                 return None
             if known is None:
-                values = self.store.effective(ws, names)
+                values = self._deliverable(ws, self.store.effective(ws, names))
                 gone = [n for n in names if n not in values]
             else:
                 values, gone = dict(known), []  # a workspace's own values win: no lookup needed
@@ -319,10 +322,22 @@ class SecretsService:
             self._dirty.add(ws)
             return exc
 
+    def _deliverable(self, ws: str, env: dict[str, bytes]) -> dict[str, bytes]:
+        """``env`` without stored keys the rules refuse today (a name that
+        became reserved in an upgrade): they are left out of the folder, by
+        name in the log, instead of blocking every write to the workspace.
+        ``DELETE`` still removes them from the store."""
+        refused = [n for n in env if self.rules.is_reserved(n)]
+        if not refused:
+            return env
+        log.warning("workspace %s: not writing stored keys the format rules now refuse: %s",
+                    ws, ", ".join(sorted(refused)))
+        return {k: v for k, v in env.items() if k not in refused}
+
     def _materialise_locked(self, ws: str) -> None:
         try:
             upto = self.store.clock()  # marks up to now are satisfied by what we read next
-            env = self.store.effective(ws)
+            env = self._deliverable(ws, self.store.effective(ws))
             t0 = time.perf_counter()
             self.host.replace_all(ws, env)
             self.on_write(time.perf_counter() - t0)

@@ -10,6 +10,7 @@ from secretsd.format.rules import DIR_MODE, FILE_MODE, LOADER_NAME, env_string_s
 from secretsd.format.writer import (
     DATA,
     GEN_PREFIX,
+    STALE_CACHE_USED,
     TMP_PREFIX,
     SecretsDir,
     SecretsDirError,
@@ -69,7 +70,12 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
         values = sd.read_all()  # once: get() per key would re-read the folder each time
     except SecretsDirError as exc:
         return out + [Finding("error", "UNREADABLE", str(exc))]
-    if cache is not None:
+    if cache == STALE_CACHE_USED:
+        out.append(Finding(
+            "error", "CACHE_STALE",
+            f"the generation's load cache is {cache}; run `secretsd repair` (the next write also rewrites it)",
+        ))
+    elif cache is not None:
         out.append(Finding(
             "warning", "CACHE_STALE",
             f"the generation's load cache is {cache}: load.sh reads those values from the files instead "

@@ -14,9 +14,10 @@ loader cache"):
 * a cache that is missing, unreadable or does not source is not used;
 * shells that exit on a damaged sourced file (mksh, posh, yash) never use it.
 
-The file defines ``__secretsd_cn=' NAME NAME '`` (the names, sorted as the
-shell's glob sorts them under LC_ALL=C) and a function ``__secretsd_apply``
-with one ``export NAME='value'`` per name (a ``'`` becomes ``'\\''``). Names
+The file defines a function ``__secretsd_apply`` with one
+``export NAME='value'`` per name (a ``'`` becomes ``'\\''``) and, last,
+``__secretsd_cn=' NAME NAME '`` (the names, sorted as the shell's glob sorts
+them under LC_ALL=C). Names
 load.sh would skip (reserved, too long, too large) are left out, so a folder
 holding one is read file by file and load.sh warns about it as usual.
 """
@@ -27,38 +28,35 @@ import re
 import time
 from collections.abc import Mapping
 
+from secretsd.format.rules import LOADER_RESERVED, Rules
+
 CACHE_NAME = ".load-cache.sh"
 #: Written files are dated this many whole seconds before the write.
 BACKDATE = 2
 _HEADER = b"# secretsd load cache: written with this generation; see docs/format.md\n"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}\Z")
-#: Names load.sh refuses whatever the writer's rules say (its own `case` list).
-LOADER_REFUSES = frozenset({
-    "IFS", "PS1", "PS2", "PS4", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "CDPATH", "GLOBIGNORE",
-    "PATH", "HOME", "SHELL", "PWD", "OLDPWD",
-})
-LOADER_REFUSES_PREFIXES = ("LD_", "SECRETSD_")
 _MAX_ENV_STRING = 131072
+#: load.sh refuses these names whatever the writer's rules say.
+LOADER_RULES = Rules(reserved=LOADER_RESERVED)
 
 
 def loader_exports(name: str, value: bytes) -> bool:
     """Would load.sh export this file (name checks and the per-string limit)?"""
     return (
         _NAME.match(name) is not None
-        and name not in LOADER_REFUSES
-        and not name.startswith(LOADER_REFUSES_PREFIXES)
+        and not LOADER_RULES.is_reserved(name)
         and len(name) + len(value) + 2 <= _MAX_ENV_STRING
     )
 
 
 def render(values: Mapping[str, bytes]) -> bytes:
-    """The cache for ``values``."""
+    """The cache for ``values``. The name list comes last: a cache cut short
+    anywhere lacks it (or fails to source), so load.sh never uses it."""
     names = sorted(n for n, v in values.items() if loader_exports(n, v))
-    out = [_HEADER, b"__secretsd_cn=' ", b"".join(n.encode() + b" " for n in names), b"'\n",
-           b"__secretsd_apply() {\n"]
+    out = [_HEADER, b"__secretsd_apply() {\n"]
     for n in names:
         out += [b"export ", n.encode(), b"='", values[n].replace(b"'", b"'\\''"), b"'\n"]
-    out.append(b"}\n")
+    out += [b"}\n", b"__secretsd_cn=' ", b"".join(n.encode() + b" " for n in names), b"'\n"]
     return b"".join(out)
 
 

@@ -19,7 +19,7 @@ import sys
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
-from secretsd.format.rules import DEFAULT_DIR, MAX_ENV_STRING, FormatError, Rules, is_ignored_silently
+from secretsd.format.rules import DEFAULT_DIR, LOADER_RESERVED, MAX_ENV_STRING, FormatError, Rules, is_ignored_silently
 
 _DATA = "..data"
 
@@ -77,7 +77,7 @@ def read_dir(path: str | os.PathLike[str] | None = None) -> LoadResult:
 
 
 def _read_once(folder: str, tolerate: bool = False) -> LoadResult:
-    rules = Rules()
+    rules = Rules(reserved=LOADER_RESERVED)  # what load.sh refuses, whatever a writer allows
     result = LoadResult()
     try:
         names = sorted(os.listdir(folder))
@@ -95,10 +95,10 @@ def _read_once(folder: str, tolerate: bool = False) -> LoadResult:
             continue
         if not stat.S_ISREG(st.st_mode) or not _valid(name, rules, result):
             continue
+        hand.add(name)  # it shadows the generation's key even if it cannot be read (as load.sh)
         data = _read(full, name, result)
         if data is not None:
             result.values[name] = data
-            hand.add(name)
     data_link = os.path.join(folder, _DATA)
     if not os.path.isdir(data_link):
         return result

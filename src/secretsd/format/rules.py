@@ -34,27 +34,35 @@ MAX_ENV_STRING = 131072
 #: ARG_MAX so the agent keeps room for its own environment and argv.
 DEFAULT_TOTAL_BUDGET = 1024 * 1024
 
-#: Names that change how shells, the loader or the dynamic linker behave.
-#: Glob patterns. The loaders (shell and Python) refuse the same list.
-DEFAULT_RESERVED: tuple[str, ...] = (
-    "IFS",
-    "PS1",
-    "PS2",
-    "PS4",
-    "ENV",
-    "BASH_ENV",
-    "SHELLOPTS",
-    "BASHOPTS",
-    "CDPATH",
-    "GLOBIGNORE",
-    "PATH",
-    "HOME",
-    "SHELL",
-    "PWD",
-    "OLDPWD",
-    "LD_*",
-    "SECRETSD_*",
+#: Names that change how shells, the loader or the dynamic linker behave, or
+#: that a shell manages itself and so cannot be delivered byte-exact (some of
+#: those abort a `set -e` caller, or echo the value in their error). Glob
+#: patterns. load.sh's `case` list, the loader cache and the Python loader use
+#: exactly this tuple (tests compare them); ``docs/format.md`` says why each
+#: group is here. It is also the writer's default, which is configurable.
+LOADER_RESERVED: tuple[str, ...] = (
+    # What the contract names: shell and loader behaviour, the linker.
+    "IFS", "PS1", "PS2", "PS4", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "CDPATH", "GLOBIGNORE",
+    "PATH", "HOME", "SHELL", "PWD", "OLDPWD", "LD_*", "SECRETSD_*",
+    # load.sh's own helpers (it unsets them all when it ends).
+    "__secretsd_*",
+    # The loader sets LC_ALL=C while it runs and restores the caller's after.
+    "LC_ALL",
+    # Managed by the shell (measured in dash, bash, busybox ash, mksh, posh,
+    # yash and zsh): read-only, recomputed, or a side effect on assignment
+    # (zsh's UID/GID/USERNAME change the process's user when root).
+    "_", "SHLVL", "RANDOM", "SRANDOM", "SECONDS", "LINENO", "OPTIND", "OPTARG", "OPTERR", "PPID",
+    "UID", "EUID", "GID", "EGID", "USERNAME", "GROUPS", "FUNCNAME", "DIRSTACK", "PIPESTATUS",
+    "HISTCMD", "HISTSIZE", "SAVEHIST", "HISTCHARS", "histchars", "COLUMNS", "LINES", "TMOUT",
+    "EPOCHREALTIME", "EPOCHSECONDS", "BASH", "BASH_*", "BASHPID", "KSH_*", "KSHUID", "KSHGID",
+    "KSHEGID", "USER_ID", "PGRP", "YASH_*", "ZSH_*", "KEYBOARD_HACK", "TTYIDLE", "FUNCNEST",
+    "TRY_BLOCK_ERROR", "TRY_BLOCK_INTERRUPT",
+    # Change what the shells do next: POSIX mode, hooks that run code.
+    "POSIXLY_CORRECT", "PROMPT_COMMAND", "COMMAND_NOT_FOUND_HANDLER", "ECHO_STYLE",
 )
+
+#: The writer's default reserved list (configurable per writer).
+DEFAULT_RESERVED: tuple[str, ...] = LOADER_RESERVED
 
 
 @functools.lru_cache(maxsize=8)

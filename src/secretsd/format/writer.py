@@ -65,6 +65,13 @@ TMP_PREFIX = "..tmp-"
 LOADER_MODE = 0o644
 _DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LOADER_VERSION_TAG = b"# secretsd-load-version: "
+#: The loader cache when a root writer makes it: root's, readable by the
+#: workspace's group (0640), see ``SecretsDir._cache_owner``.
+CACHE_MODE_ROOT = 0o640
+#: The loader cache differs from the files and yet nothing in the generation
+#: is newer than it (a file put back with its old time): load.sh would export
+#: the cached values. Only a write or `secretsd repair` fixes it.
+STALE_CACHE_USED = "out of date though no file is newer: load.sh exports the cached values, not the files'"
 
 #: A superseded generation stays this long so that a reader that resolved it
 #: just before the swap can finish; ``MAX_OLD_GENERATIONS`` caps the count
@@ -276,27 +283,28 @@ class SecretsDir:
 
     # ------------------------------------------------------------ primitives
 
-    def _fix_attrs(self, fd: int, key: str | None, mode: int) -> None:
+    def _fix_attrs(self, fd: int, key: str | None, mode: int, uid: int | None = None) -> None:
         """Mode and owner on the open fd: immune to umask and to link games."""
+        uid = self.uid if uid is None else uid
         try:
             st = os.fstat(fd)
             if stat.S_IMODE(st.st_mode) != mode:
                 os.fchmod(fd, mode)
-            if (st.st_uid, st.st_gid) != (self.uid, self.gid):
-                os.fchown(fd, self.uid, self.gid)
+            if (st.st_uid, st.st_gid) != (uid, self.gid):
+                os.fchown(fd, uid, self.gid)
         except PermissionError as exc:
             if os.geteuid() == 0:
                 raise _oserror(key, "set mode/owner", exc) from None
             # Unprivileged: can't chown to someone else; mode still fixed.
 
     def _write_file(self, dir_fd: int, name: str, data: bytes, mode: int, key: str | None,
-                    mtime_ns: int | None = None) -> None:
+                    mtime_ns: int | None = None, uid: int | None = None) -> None:
         # O_EXCL|O_NOFOLLOW: we only ever write files we just created.
         fd = os.open(
             name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd
         )
         try:
-            self._fix_attrs(fd, key, mode)
+            self._fix_attrs(fd, key, mode, uid)
             view = memoryview(data)
             while view:
                 n = os.write(fd, view)
@@ -545,7 +553,11 @@ class SecretsDir:
                     else:
                         self._write_file(gfd, key_now, value, FILE_MODE, key_now, stamp)
                 key_now = None
-                self._write_file(gfd, loadcache.CACHE_NAME, loadcache.render(new), FILE_MODE, None, stamp)
+                cache_mode, cache_uid = self._cache_owner()
+                self._write_file(gfd, loadcache.CACHE_NAME, loadcache.render(new), cache_mode, None, stamp, cache_uid)
+                # The folder too: a file renamed, linked or added into it by
+                # hand later dates it after the cache (load.sh checks).
+                os.utime(gfd, ns=(stamp, stamp))
                 self._fsync_dir(gfd)
             finally:
                 os.close(gfd)
@@ -590,6 +602,13 @@ class SecretsDir:
                     pass
         # No fsync needed here: a removed link that comes back after a crash
         # dangles, and recovery deletes it.
+
+    def _cache_owner(self) -> tuple[int, int]:
+        """(mode, uid) of the loader cache. A root writer gives it to root,
+        readable by the workspace's group: load.sh in a root shell sources
+        only a root-owned cache, so whoever owns the folder cannot get code
+        run as root through it (docs/format.md, "The loader cache")."""
+        return (CACHE_MODE_ROOT, 0) if os.geteuid() == 0 else (FILE_MODE, self.uid)
 
     @staticmethod
     def _open_gen(fd: int, gen: str | None) -> int | None:
@@ -677,6 +696,11 @@ class SecretsDir:
             self._recover(fd)
             self._ensure_loader(fd)
             gen, gen_values, hand = self._current(fd)
+            hand, refused = self._split_hand(hand)
+            for key, reason in refused.items():
+                if not replace:
+                    raise FormatError(key, f"hand-made file: {reason}; fix or remove it")
+                os.unlink(key, dir_fd=fd)  # the folder becomes exactly `update` anyway
             if hand:
                 # Adopt hand-made files first, values unchanged, so that the
                 # real change below is one swap.
@@ -703,6 +727,20 @@ class SecretsDir:
                 return  # nothing to do; still durable
             self._commit(fd, gen, current, new)
             self._collect(fd, excess_only=not self.collect_on_write)
+
+    def _split_hand(self, hand: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, str]]:
+        """Hand-made files the rules accept, and {name: why} for the others
+        (a NUL byte, too large): those are never copied into a generation."""
+        good: dict[str, bytes] = {}
+        refused: dict[str, str] = {}
+        for key, value in hand.items():
+            try:
+                self.rules.check_value(key, value)
+            except FormatError as exc:
+                refused[key] = exc.reason
+            else:
+                good[key] = value
+        return good, refused
 
     def _adopt(self, fd: int, gen: str | None, gen_values: dict[str, bytes], hand: dict[str, bytes]) -> None:
         """Fold hand-made regular files into a generation and link them."""
@@ -743,37 +781,39 @@ class SecretsDir:
             st = os.fstat(gfd)
             if stat.S_IMODE(st.st_mode) != DIR_MODE or (st.st_uid, st.st_gid) != (self.uid, self.gid):
                 return True
+            cache_want = (*self._cache_owner(), self.gid)
             for ent in os.scandir(gfd):
                 st = ent.stat(follow_symlinks=False)
-                if (
-                    not stat.S_ISREG(st.st_mode)
-                    or stat.S_IMODE(st.st_mode) != FILE_MODE
-                    or (st.st_uid, st.st_gid) != (self.uid, self.gid)
-                ):
+                want = cache_want if ent.name == loadcache.CACHE_NAME else (FILE_MODE, self.uid, self.gid)
+                if not stat.S_ISREG(st.st_mode) or (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != want:
                     return True
             return self._cache_problem(gfd, values) is not None
         finally:
             os.close(gfd)
 
     def _cache_problem(self, gfd: int, values: Mapping[str, bytes]) -> str | None:
-        """Why load.sh would not take every value from the cache, or None."""
+        """Why load.sh would not take every value from the cache, or
+        ``STALE_CACHE_USED`` when it would, but they differ from the files."""
         data = self._read_file(gfd, loadcache.CACHE_NAME)
         if data is None:
             return "missing"
-        if data != loadcache.render(values):
-            return "out of date"
         try:
             cached = os.stat(loadcache.CACHE_NAME, dir_fd=gfd, follow_symlinks=False).st_mtime_ns
             newer = sorted(n for n in values if os.stat(n, dir_fd=gfd, follow_symlinks=False).st_mtime_ns > cached)
+            if os.fstat(gfd).st_mtime_ns > cached:
+                newer.append("the generation folder")
         except OSError:
             return "changing (a file vanished)"
         if newer:
             return f"older than {', '.join(newer)} (edited by hand)"
+        if data != loadcache.render(values):
+            return STALE_CACHE_USED
         return None
 
     def cache_problem(self) -> str | None:
         """Why load.sh would read some files instead of the generation's
-        cache (slower, same values), or None (doctor reports it)."""
+        cache (slower, same values), ``STALE_CACHE_USED``, or None (doctor
+        reports it)."""
         fd = self._open_dir(create=False)
         try:
             gen, _ = self._scan(fd)
@@ -824,6 +864,8 @@ class SecretsDir:
             done += self._collect(fd)
             self._ensure_loader(fd)
             gen, gen_values, hand = self._current(fd)
+            hand, refused = self._split_hand(hand)
+            done += [f"left hand-made file {k}: {why} (fix or remove it)" for k, why in sorted(refused.items())]
             if hand:
                 self._adopt(fd, gen, gen_values, hand)
                 done.append(f"adopted hand-made files: {', '.join(sorted(hand))}")

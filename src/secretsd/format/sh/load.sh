@@ -1,5 +1,5 @@
 # shellcheck shell=sh
-# secretsd-load-version: 2
+# secretsd-load-version: 3
 #
 # Export every secret in secrets.d as an environment variable.
 # Source it, don't run it:
@@ -33,12 +33,17 @@ __secretsd_max=131072
 
 # The generation's cache (docs/format.md, "The loader cache") needs
 # `test -nt` and a shell that survives a damaged file under `command .`:
-# mksh, posh and yash exit instead, so they always read the files.
+# mksh, posh and yash exit instead, so they always read the files. zsh, and
+# bash with functrace or extdebug, run a DEBUG trap inside functions, where
+# it would see the cache's `export NAME='value'` lines: they read the files.
 __secretsd_fast=
-if [ -z "${KSH_VERSION-}${POSH_VERSION-}${YASH_VERSION-}" ]; then
-    # `[ / -nt / ]` is false (1) where -nt works and an error (2) where not.
-    # shellcheck disable=SC3013,SC2319
-    if { [ / -nt / ] || [ $? -eq 1 ]; } 2>/dev/null; then __secretsd_fast=1; fi
+if [ -z "${KSH_VERSION-}${POSH_VERSION-}${YASH_VERSION-}${ZSH_VERSION-}" ]; then
+    # shellcheck disable=SC3028
+    case $-:${BASHOPTS-} in *T*:* | *:*extdebug*) ;; *)
+        # `[ / -nt / ]` is false (1) where -nt works and an error (2) where not.
+        # shellcheck disable=SC3013,SC2319
+        if { [ / -nt / ] || [ $? -eq 1 ]; } 2>/dev/null; then __secretsd_fast=1; fi ;;
+    esac
 fi
 
 # __secretsd_warn NAME REASON
@@ -69,20 +74,40 @@ __secretsd_generation() {
     return 0
 }
 
-# __secretsd_cached: export the generation's values from its cache, if the
-# cache names exactly the generation's files and none of them is newer than
-# it (a hand edit makes a file newer). All or nothing: otherwise the files
-# are read. The cache defines __secretsd_cn (' NAME NAME ') and the function
-# __secretsd_apply (one `export NAME='value'` per name).
+# __secretsd_cached: export the generation's values from its cache, all or
+# nothing, only if it is exact (docs/format.md, "The loader cache"): a
+# generation the writer made (`..gen-N`: a kubelet's folders hold any key a
+# Secret has, dotfiles too), with no hand-made file at the top level (those
+# win, and may be unreadable), owned by root when we are root (else whoever
+# owns the folder could run code in a root shell whose load.sh lives
+# elsewhere), neither it nor any file newer than the cache (a hand edit,
+# rename or link makes one newer), and naming exactly the generation's files.
+# The cache defines the function __secretsd_apply (one `export NAME='value'`
+# per name) and, last, __secretsd_cn (' NAME NAME '). "$@": the top level.
 __secretsd_cached() {
+    case ${__secretsd_gen##*/} in ..gen-*) ;; *) return 1 ;; esac
+    for __secretsd_f in "$@"; do
+        case ${__secretsd_f##*/} in .* | load.sh) continue ;; esac
+        if [ -f "$__secretsd_f" ] && [ ! -h "$__secretsd_f" ]; then return 1; fi
+    done
     __secretsd_k=$__secretsd_gen/.load-cache.sh
+    # shellcheck disable=SC3013
+    if [ ! -f "$__secretsd_k" ] || [ ! -r "$__secretsd_k" ] || [ "$__secretsd_gen" -nt "$__secretsd_k" ]; then
+        return 1
+    fi
+    if [ -O / ] && [ ! -O "$__secretsd_k" ]; then return 1; fi
     __secretsd_names=
     # shellcheck source=/dev/null
-    if [ -f "$__secretsd_k" ] && [ -r "$__secretsd_k" ] && command . "$__secretsd_k" 2>/dev/null; then
+    if command . "$__secretsd_k" 2>/dev/null; then
         __secretsd_names=' '
         for __secretsd_f in "$__secretsd_gen"/*; do
             # shellcheck disable=SC3013
             if [ "$__secretsd_f" -nt "$__secretsd_k" ]; then __secretsd_names=; break; fi
+            case ${__secretsd_f##*/} in
+                '' | [!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_]* | \
+                *[!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789]*)
+                    __secretsd_names=; break ;;  # a name the files path warns about
+            esac
             __secretsd_names="$__secretsd_names${__secretsd_f##*/} "
         done
     fi
@@ -109,7 +134,7 @@ __secretsd_pass() {
     __secretsd_generation || __secretsd_gen=
     # The generation's files still to read: none when its cache was used.
     __secretsd_rest=$__secretsd_gen
-    if [ -n "$__secretsd_fast" ] && [ -n "$__secretsd_gen" ] && __secretsd_cached; then __secretsd_rest=; fi
+    if [ -n "$__secretsd_fast" ] && [ -n "$__secretsd_gen" ] && __secretsd_cached "$@"; then __secretsd_rest=; fi
     IFS=' '  # posh joins "$@" into one word when IFS is empty
     for __secretsd_f in "$@" ${__secretsd_rest:+"$__secretsd_rest"/*}; do
         __secretsd_n=${__secretsd_f##*/}
@@ -131,8 +156,17 @@ __secretsd_pass() {
             *[!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789]*)
                 __secretsd_warn "$__secretsd_n" 'not a valid variable name'
                 continue ;;
+            # Reserved (docs/format.md): they change how the shell, this file
+            # or the linker behave, or the shell manages them itself.
             IFS | PS1 | PS2 | PS4 | ENV | BASH_ENV | SHELLOPTS | BASHOPTS | CDPATH | GLOBIGNORE | \
-            PATH | HOME | SHELL | PWD | OLDPWD | LD_* | SECRETSD_*)
+            PATH | HOME | SHELL | PWD | OLDPWD | LD_* | SECRETSD_* | __secretsd_* | LC_ALL | \
+            _ | SHLVL | RANDOM | SRANDOM | SECONDS | LINENO | OPTIND | OPTARG | OPTERR | PPID | \
+            UID | EUID | GID | EGID | USERNAME | GROUPS | FUNCNAME | DIRSTACK | PIPESTATUS | \
+            HISTCMD | HISTSIZE | SAVEHIST | HISTCHARS | histchars | COLUMNS | LINES | TMOUT | \
+            EPOCHREALTIME | EPOCHSECONDS | BASH | BASH_* | BASHPID | KSH_* | KSHUID | KSHGID | \
+            KSHEGID | USER_ID | PGRP | YASH_* | ZSH_* | KEYBOARD_HACK | TTYIDLE | FUNCNEST | \
+            TRY_BLOCK_ERROR | TRY_BLOCK_INTERRUPT | \
+            POSIXLY_CORRECT | PROMPT_COMMAND | COMMAND_NOT_FOUND_HANDLER | ECHO_STYLE)
                 __secretsd_warn "$__secretsd_n" 'reserved name'
                 continue ;;
         esac

@@ -70,6 +70,8 @@ def test_not_found_and_method_not_allowed(env: Env) -> None:
     ("body", "fragment"),
     [
         (b"{not json", "malformed JSON"),
+        (b'{"env": {"A": "\xff\xfe"}}', "malformed JSON"),  # not UTF-8
+        (b"[" * 100_000 + b"]" * 100_000, "malformed JSON"),  # nested too deep
         (b"", "missing JSON body"),
         (b"[]", "invalid request"),
         (b'"env"', "invalid request"),
@@ -128,8 +130,17 @@ def test_bad_content_length_is_400(env: Env) -> None:
 
 
 def test_bad_query_parameters_are_400(env: Env) -> None:
-    for q in ("limit=0", "limit=abc", "limit=100000", "before=-1"):
+    for q in ("limit=0", "limit=abc", "limit=100000", "before=-1", "workspace=../x", "workspace=a%2Fb"):
         assert env.client.get(f"/cp/admin/audit?{q}").status_code == 400, q
+    r = env.client.get("/cp/admin/audit?workspace=..")
+    assert r.status_code == 400 and "invalid workspace id" in r.json()["error"]
+
+
+@pytest.mark.parametrize("route", ["start", "stop"])
+def test_routes_without_parameters_refuse_a_body_with_fields(env: Env, route: str) -> None:
+    """As restart does: an unknown field is a client mistake, not something to ignore."""
+    r = env.client.post(f"/cp/admin/workspaces/w1/{route}", json={"mode": "restart"})
+    assert r.status_code == 400 and "mode" in r.json()["error"], r.text
 
 
 def test_bad_idempotency_key_header_is_400(env: Env) -> None:

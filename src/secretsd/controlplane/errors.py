@@ -60,7 +60,7 @@ def validation_body(exc: RequestValidationError) -> tuple[int, dict[str, Any]]:
         loc = tuple(err.get("loc", ()))
         if typ == "json_invalid":
             return 400, {"error": "malformed JSON body"}
-        if loc[:1] == ("path",) and loc[1:2] == ("workspace_id",):
+        if loc[:2] in (("path", "workspace_id"), ("query", "workspace")):
             return 400, {"error": "invalid workspace id: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}
         if typ == "missing" and loc == ("body",):
             return 400, {"error": "missing JSON body"}
@@ -90,7 +90,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "error"
-        return SafeJSONResponse({"error": detail.lower()}, status_code=exc.status_code, headers=exc.headers)
+        # FastAPI's words for a body that is not UTF-8 or JSON nested too deep.
+        parse = exc.status_code == 400 and detail == "There was an error parsing the body"
+        msg = "malformed JSON body" if parse else detail.lower()
+        return SafeJSONResponse({"error": msg}, status_code=exc.status_code, headers=exc.headers)
 
     # Unexpected exceptions are turned into a 500 by the Gate (gate.py), which
     # logs the type only: Starlette's own handler would re-raise and log a traceback.

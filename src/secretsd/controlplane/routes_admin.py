@@ -11,7 +11,8 @@ from sqlalchemy import text
 
 from secretsd.controlplane.context import ControlPlane, get_cp, iso
 from secretsd.controlplane.errors import SafeJSONResponse
-from secretsd.controlplane.schemas import AuditInfo, AuditList, Health
+from secretsd.controlplane.schemas import WORKSPACE_ID_PATTERN, AuditInfo, AuditList, Health
+
 
 router = APIRouter()
 CP = Annotated[ControlPlane, Depends(get_cp)]
@@ -20,7 +21,7 @@ CP = Annotated[ControlPlane, Depends(get_cp)]
 @router.get("/cp/admin/audit", response_model=AuditList, tags=["audit"], summary="Audit events, newest first")
 def audit(
     cp: CP,
-    workspace: Annotated[str | None, Query(max_length=128)] = None,
+    workspace: Annotated[str | None, Query(pattern=WORKSPACE_ID_PATTERN, description="workspace id")] = None,
     key: Annotated[str | None, Query(max_length=255)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1, le=2**62, description="only events with a smaller id")] = None,

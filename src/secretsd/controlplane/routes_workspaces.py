@@ -11,7 +11,7 @@ from secretsd.controlplane.context import ControlPlane, actor_of, get_cp, iso
 from secretsd.controlplane.errors import ApiError, SafeJSONResponse
 from secretsd.controlplane.hosts import HostError
 from secretsd.controlplane.routes_env import WsId
-from secretsd.controlplane.schemas import RestartRequest, RestartResult, WorkspaceCreate, WorkspaceInfo, WorkspaceList
+from secretsd.controlplane.schemas import NoBody, RestartRequest, RestartResult, WorkspaceCreate, WorkspaceInfo, WorkspaceList
 from secretsd.format.rules import NAME_RE
 from secretsd.store import Workspace
 
@@ -141,7 +141,7 @@ def _provision_if_lost(cp: ControlPlane, runtime: Any, ws: Workspace) -> bool:
 
 
 @router.post(BASE + "/{workspace_id}/start", response_model=WorkspaceInfo, summary="Materialise, then start a stopped workspace")
-def start_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceInfo:
+def start_workspace(workspace_id: WsId, request: Request, cp: CP, _body: NoBody | None = None) -> WorkspaceInfo:
     ws = cp.store.get_workspace(workspace_id)
     runtime = runtime_hook.require_runtime(cp.runtime)
     _materialise_first(cp, workspace_id, "started")
@@ -152,7 +152,7 @@ def start_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceIn
 
 
 @router.post(BASE + "/{workspace_id}/stop", response_model=WorkspaceInfo, summary="Stop a workspace (its secrets stay)")
-def stop_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceInfo:
+def stop_workspace(workspace_id: WsId, request: Request, cp: CP, _body: NoBody | None = None) -> WorkspaceInfo:
     ws = cp.store.get_workspace(workspace_id)
     runtime = runtime_hook.require_runtime(cp.runtime)
     runtime_hook.require_template(ws)

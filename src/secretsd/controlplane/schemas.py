@@ -121,6 +121,10 @@ class WorkspaceList(BaseModel):
     workspaces: list[WorkspaceInfo]
 
 
+class NoBody(_In):
+    """Routes that take no parameters: `{}` or no body; anything else is 400."""
+
+
 class RestartRequest(_In):
     mode: RestartMode = "recreate"
 

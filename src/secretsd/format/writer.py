@@ -471,7 +471,8 @@ class SecretsDir:
         if not old:
             return []
         now = time.time()
-        # A generation was superseded when its successor was written.
+        # A generation was superseded when its successor was written: its
+        # ctime (the mtime is backdated for the loader cache; ctime cannot be).
         current = next((e for e in entries if e.name == gen), None)
         if current is None:  # ..data dangles (the folder is being deleted under us): collect nothing
             return []
@@ -479,7 +480,7 @@ class SecretsDir:
         removed = []
         for i, ((_, ent), succ) in enumerate(zip(old, successors, strict=True)):
             try:
-                since = now - succ.stat(follow_symlinks=False).st_mtime
+                since = now - succ.stat(follow_symlinks=False).st_ctime
             except FileNotFoundError:
                 since = self.grace + 1
             too_many = len(old) - i > MAX_OLD_GENERATIONS

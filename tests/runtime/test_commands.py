@@ -44,9 +44,11 @@ def test_workspace_env_status_logs(sandboxes: Sandboxes) -> None:
 def test_workspace_errors_are_messages(sandboxes: Sandboxes, tmp_path: Path) -> None:
     sandboxes.provision("gone", PROBE, env={"PROBE_EXIT": "0"})
     data = str(sandboxes.data)
-    for args in (["env", "nope"], ["env", "../x"], ["logs", "nope"]):
+    for args in (["env", "nope"], ["logs", "nope"]):
         res = secretsd("workspace", *args, "--data", data)
         assert res.returncode == 1 and b"Traceback" not in res.stderr
         assert res.stderr.startswith(b"error: ")
+    res = secretsd("workspace", "env", "../x", "--data", data)  # not an id: a usage error
+    assert res.returncode == 2 and b"invalid workspace id" in res.stderr and b"Traceback" not in res.stderr
     res = secretsd("workspace", "status", "--data", str(tmp_path / "empty"))
     assert res.returncode != 0 and b"Traceback" not in res.stderr

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from secretsd.runtime.base import id_problem
+
 TOKEN_ENV = "SECRETSD_ADMIN_TOKEN"
 
 
@@ -55,6 +57,15 @@ class Client:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    @staticmethod
+    def _ws(id: str) -> str:
+        """The URL path of workspace ``id``. An id such as '..' or 'a/b' would
+        resolve to another route (e.g. the global secrets): refused here."""
+        problem = id_problem(id)
+        if problem:
+            raise ApiFailure(0, problem)
+        return f"/cp/admin/workspaces/{id}"
+
     def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201)) -> dict[str, Any]:
         try:
             r = self.http.request(method, path, json=body)
@@ -78,31 +89,31 @@ class Client:
         return self.call("POST", "/cp/admin/workspaces", body)
 
     def workspace(self, id: str) -> dict[str, Any]:
-        return self.call("GET", f"/cp/admin/workspaces/{id}")
+        return self.call("GET", self._ws(id))
 
     def workspaces(self) -> list[dict[str, Any]]:
         return list(self.call("GET", "/cp/admin/workspaces")["workspaces"])
 
     def delete(self, id: str) -> dict[str, Any]:
-        return self.call("DELETE", f"/cp/admin/workspaces/{id}")
+        return self.call("DELETE", self._ws(id))
 
     def restart(self, id: str, mode: str = "recreate") -> dict[str, Any]:
-        return self.call("POST", f"/cp/admin/workspaces/{id}/restart", {"mode": mode})
+        return self.call("POST", self._ws(id) + "/restart", {"mode": mode})
 
     def start(self, id: str) -> dict[str, Any]:
-        return self.call("POST", f"/cp/admin/workspaces/{id}/start")
+        return self.call("POST", self._ws(id) + "/start")
 
     def stop(self, id: str) -> dict[str, Any]:
-        return self.call("POST", f"/cp/admin/workspaces/{id}/stop")
+        return self.call("POST", self._ws(id) + "/stop")
 
     # -- secrets --------------------------------------------------------------
 
     def push(self, id: str, env: dict[str, str], *, restart: bool = False, mode: str = "recreate") -> dict[str, Any]:
-        return self.call("POST", f"/cp/admin/workspaces/{id}/env",
+        return self.call("POST", self._ws(id) + "/env",
                          {"env": env, "restart": restart, "restart_mode": mode})
 
     def delete_key(self, id: str, name: str) -> dict[str, Any]:
-        return self.call("DELETE", f"/cp/admin/workspaces/{id}/env/{name}")
+        return self.call("DELETE", self._ws(id) + f"/env/{name}")
 
     def secrets(self, id: str) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/cp/admin/workspaces/{id}/env")["secrets"])
+        return list(self.call("GET", self._ws(id) + "/env")["secrets"])

@@ -50,8 +50,16 @@ def verify_restart(url: str, workspace: str | None, all_: bool, token: str | Non
     from secretsd.acceptance.client import ApiFailure, Client, TokenMissing, resolve_token
     from secretsd.acceptance.verify import sandbox_reader, table, to_json, verify_workspace
 
-    if bool(workspace) == all_:
+    if (workspace is not None) == all_:
         raise click.UsageError("give --workspace ID or --all")
+    if workspace is not None:
+        from secretsd.runtime.base import id_problem
+
+        # An id like '..' or '../x' would make the API path resolve to another
+        # route (a global secret): refuse it before any request.
+        problem = id_problem(workspace)
+        if problem:
+            raise click.BadParameter(problem, param_hint="'--workspace'")
     _need_root("verify-restart")
     if not (data / "runtime" / "sandbox").is_dir():
         click.echo(f"error: no sandbox workspaces under {data} (pass the control plane's --data)", err=True)

@@ -86,6 +86,14 @@ class MainProcessUnavailable(WorkspaceError):
     """The workspace has no main process to read (not running, or no access)."""
 
 
+def id_problem(workspace: str) -> str | None:
+    """Why ``workspace`` is not a valid id (for a usage error), or None."""
+    if not isinstance(workspace, str) or not ID_RE.fullmatch(workspace):
+        shown = workspace[:80] if isinstance(workspace, str) else workspace
+        return f"invalid workspace id {shown!r}: must match ^{ID_RE.pattern}$"
+    return None
+
+
 def check_id(workspace: str) -> str:
     if not ID_RE.fullmatch(workspace):
         raise InvalidWorkspace(f"invalid workspace id {workspace[:80]!r}: use [A-Za-z0-9_.-], at most 128")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from secretsd.runtime.base import WorkspaceError
+from secretsd.runtime.base import WorkspaceError, id_problem
 from secretsd.runtime.sandbox import SandboxRuntime
 
 EXIT_FAILURE = 1
@@ -25,6 +25,15 @@ data_option = click.option(
     "--data", "data", type=click.Path(file_okay=False, path_type=Path), default=Path("var"),
     envvar="SECRETSD_DATA", show_default=True, help="The control plane's data folder.",
 )
+
+
+def _check_ids(_ctx: click.Context, _param: click.Parameter, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """Workspace ids are folder names under --data: refuse '..', '../x', 'a/b', '' as a usage error (exit 2)."""
+    for v in (value,) if isinstance(value, str) else value:
+        problem = id_problem(v)
+        if problem:
+            raise click.BadParameter(problem)
+    return value
 
 
 def _runtime(data: Path) -> SandboxRuntime:
@@ -45,7 +54,7 @@ def workspace() -> None:
 
 
 @workspace.command("env")
-@click.argument("id")
+@click.argument("id", callback=_check_ids)
 @data_option
 @click.option("--json", "as_json", is_flag=True, help="A JSON object of names to values.")
 @click.option("--settle", type=float, default=5.0, show_default=True,
@@ -75,7 +84,7 @@ def env_cmd(id: str, data: Path, as_json: bool, settle: float) -> None:
 
 
 @workspace.command("status")
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, callback=_check_ids)
 @data_option
 @click.option("--json", "as_json", is_flag=True)
 def status_cmd(ids: tuple[str, ...], data: Path, as_json: bool) -> None:
@@ -93,7 +102,7 @@ def status_cmd(ids: tuple[str, ...], data: Path, as_json: bool) -> None:
 
 
 @workspace.command("logs")
-@click.argument("id")
+@click.argument("id", callback=_check_ids)
 @data_option
 @click.option("-n", "--lines", type=int, default=50, show_default=True)
 def logs_cmd(id: str, data: Path, lines: int) -> None:
@@ -113,7 +122,7 @@ def logs_cmd(id: str, data: Path, lines: int) -> None:
 
 
 @workspace.command("stop")
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, callback=_check_ids)
 @click.option("--all", "stop_all", is_flag=True, help="Every workspace under --data.")
 @data_option
 def stop_cmd(ids: tuple[str, ...], stop_all: bool, data: Path) -> None:

@@ -22,6 +22,7 @@ def run(args: list[str], folder: Path, stdin: bytes | None = None) -> subprocess
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
+    (tmp_path / "configs").mkdir()  # like the /configs mount: `set` creates secrets.d, never its parents
     return tmp_path / "configs" / "secrets.d"
 
 
@@ -94,5 +95,7 @@ def test_doctor_repair_and_exec(folder: Path) -> None:
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
-    proc = run(["ls"], tmp_path / "nope" / "secrets.d")
+    given = tmp_path / "nope" / "secrets.d"
+    proc = run(["ls"], given)
     assert proc.returncode == 1 and b"no such" in proc.stderr.lower() and b"Traceback" not in proc.stderr
+    assert f"no such folder: {given} ".encode() in proc.stderr  # the folder given, not its parent

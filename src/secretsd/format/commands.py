@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -14,8 +15,8 @@ import click
 
 from secretsd.format.doctor import diagnose
 from secretsd.format.loader import load_into
-from secretsd.format.rules import DEFAULT_DIR, FormatError, encode_value
-from secretsd.format.writer import ConflictError, NotFound, SecretsDir, SecretsDirError
+from secretsd.format.rules import DEFAULT_DIR, LOADER_NAME, FormatError, encode_value
+from secretsd.format.writer import DATA, ConflictError, NotFound, SecretsDir, SecretsDirError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -45,14 +46,21 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-dir_option = click.option(
-    "--dir",
-    "folder",
-    envvar="SECRETSD_DIR",
-    default=DEFAULT_DIR,
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="The secrets.d folder (env SECRETSD_DIR).",
+def _dir_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--dir",
+        "folder",
+        envvar="SECRETSD_DIR",
+        default=DEFAULT_DIR,
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help=help,
+    )
+
+
+dir_option = _dir_option(
+    "The secrets.d folder (env SECRETSD_DIR). A non-empty folder without load.sh or ..data is refused "
+    "(run `secretsd init` on it first)."
 )
 owner_options = [
     click.option("--uid", type=int, envvar="SECRETSD_UID", help="Owner uid (default 1000 as root)."),
@@ -70,6 +78,47 @@ def open_dir(folder: str, uid: int | None = None, gid: int | None = None) -> Sec
     return SecretsDir(folder, uid=uid, gid=gid)
 
 
+def guard_folder(folder: str, *, may_create: bool = False, must_exist: bool = True) -> None:
+    """Refuse, before the writer touches anything, a folder that is not a
+    secrets.d folder: one that exists, is not empty and holds neither
+    ``load.sh`` nor ``..data`` (say ``/etc`` or a home folder: the writer
+    would chmod it 0700, chown it and adopt its files). Only ``init`` takes
+    over such a folder, on purpose.
+
+    A missing folder is an error (exit 1, naming the folder given), except
+    with ``may_create`` (``set``) when its parent exists; missing parents are
+    only ever created by ``init``. This lives in the CLI, not in the writer:
+    the control plane's LocalHost writes its own folders with the writer.
+    """
+    path = os.path.abspath(folder)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if may_create and os.path.isdir(parent):
+            return  # the writer creates the folder itself (0700), nothing above it
+        if not must_exist:
+            return
+        if may_create:
+            fail(f"no such folder: {parent} (the parent of {path}); "
+                 f"create it, or run `secretsd init --dir {folder}`, which creates missing parents")
+        fail(f"no such folder: {path} (run `secretsd init --dir {folder}`)")
+    except OSError:
+        return  # unreadable parent and the like: the writer reports it
+    if not stat.S_ISDIR(st.st_mode):
+        return  # a link or a file: the writer refuses it with its own message
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return  # cannot look inside: the writer reports it (permission denied)
+    if names and LOADER_NAME not in names and DATA not in names:
+        fail(
+            f"{path} does not look like a secrets.d folder: it is not empty and has no {LOADER_NAME} or {DATA}; "
+            f"refusing to touch it. If it really is meant to be one, run `secretsd init --dir {folder}` first",
+            EXIT_USAGE,
+        )
+
+
 def _read_source(path: str) -> bytes:
     """Bytes from a file or '-' (stdin), exactly as they are."""
     if path == "-":
@@ -82,11 +131,12 @@ def _read_source(path: str) -> bytes:
 
 
 @click.command("init")
-@dir_option
+@_dir_option("The secrets.d folder (env SECRETSD_DIR).")
 @with_owner
 @handle_errors
 def init_cmd(folder: str, uid: int | None, gid: int | None) -> None:
-    """Create the folder (0700) and install or upgrade load.sh in it."""
+    """Create the folder (0700, and any missing parents) and install or upgrade
+    load.sh in it. The one command that takes over an existing folder."""
     open_dir(folder, uid, gid).init()
     click.echo(f"initialised {folder}", err=True)
 
@@ -116,6 +166,7 @@ def set_cmd(
     VALUE on the command line is visible in the process list: prefer '-' or
     --from-file for real secrets.
     """
+    guard_folder(folder, may_create=True)
     sd = open_dir(folder, uid, gid)
     if from_json is not None:
         if key or value or from_file:
@@ -162,6 +213,7 @@ def set_cmd(
 @handle_errors
 def rm_cmd(keys: tuple[str, ...], folder: str, uid: int | None, gid: int | None) -> None:
     """Delete KEYS, all or nothing (fails if any is absent)."""
+    guard_folder(folder)
     open_dir(folder, uid, gid).delete(*keys)
     click.echo(f"removed {', '.join(keys)}", err=True)
 
@@ -172,6 +224,7 @@ def rm_cmd(keys: tuple[str, ...], folder: str, uid: int | None, gid: int | None)
 @handle_errors
 def ls_cmd(as_json: bool, folder: str) -> None:
     """List secrets: name, size, sha256 prefix, mtime, mode, owner. Never values."""
+    guard_folder(folder)
     entries = open_dir(folder).list()
     if as_json:
         click.echo(
@@ -213,6 +266,7 @@ def ls_cmd(as_json: bool, folder: str) -> None:
 @handle_errors
 def get_cmd(key: str, folder: str) -> None:
     """Print KEY's value, byte-exact, to stdout (for the owner on the host)."""
+    guard_folder(folder)
     data = open_dir(folder).get(key)
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
@@ -228,6 +282,7 @@ def doctor_cmd(as_json: bool, folder: str, uid: int | None, gid: int | None) -> 
 
     Exit 1 when an error is found, 0 when only warnings (or nothing).
     """
+    guard_folder(folder, must_exist=False)  # a missing folder is doctor's MISSING finding
     findings = diagnose(open_dir(folder, uid, gid))
     if as_json:
         click.echo(json.dumps([f.as_dict() for f in findings], indent=2))
@@ -246,6 +301,7 @@ def doctor_cmd(as_json: bool, folder: str, uid: int | None, gid: int | None) -> 
 @handle_errors
 def repair_cmd(folder: str, uid: int | None, gid: int | None) -> None:
     """Finish or undo a killed write, fix mode/owner drift, reinstall load.sh."""
+    guard_folder(folder)
     done = open_dir(folder, uid, gid).repair()
     for line in done:
         click.echo(line, err=True)
@@ -253,7 +309,7 @@ def repair_cmd(folder: str, uid: int | None, gid: int | None) -> None:
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@dir_option
+@_dir_option("The secrets.d folder (env SECRETSD_DIR).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(folder: str, command: tuple[str, ...]) -> None:
     """Load the folder into the environment, then exec COMMAND.

@@ -6,9 +6,10 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from secretsd.store.engine import DB_ENV
 
@@ -39,6 +40,34 @@ def _no_core_dumps() -> None:
         pass
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _open_store(data_dir: Path, url: str | None) -> Any:
+    """The store, opened here rather than in create_app so that an unreachable
+    database or a bad key is one line (exit 1), not a traceback, and the
+    password in the URL is never shown."""
+    from secretsd.store.crypto import KeyRing, KeyRingError
+    from secretsd.store.dburl import failure_message
+    from secretsd.store.engine import default_url
+    from secretsd.store.store import Store
+
+    target = url or default_url(data_dir)
+    try:
+        data_dir.chmod(0o700)  # as create_app does, before the key file and database are created
+        keyring = KeyRing.load(data_dir)
+    except KeyRingError as exc:
+        _fail(f"encryption key: {exc}")
+    except OSError as exc:
+        _fail(f"cannot use the data folder {data_dir}: {exc.strerror}")
+    try:
+        return Store.open(target, keyring)
+    except (SQLAlchemyError, OSError, RuntimeError) as exc:
+        _fail(failure_message(exc, target))
+
+
 @click.command("serve")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("./var"),
               show_default=True, help="Database, key file, admin token and workspace folders.")
@@ -58,12 +87,25 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
           demo: bool, log_level: str) -> None:
     """Run the control plane (FastAPI + uvicorn) with embedded defaults."""
     _no_core_dumps()
+    from secretsd.store.dburl import BadDbUrl, check_url
+
+    url = db_url or os.environ.get(DB_ENV) or None
+    if url:
+        # Before anything is created or bound: a bad URL is a usage error.
+        try:
+            check_url(url, "--db" if db_url else f"${DB_ENV}")
+        except BadDbUrl as exc:
+            _fail(str(exc), 2)
+
     import uvicorn
 
     from secretsd.controlplane.app import AppConfig, create_app
     from secretsd.controlplane.auth import TOKEN_ENV, load_admin_token
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"cannot create the data folder {data_dir}: {exc.strerror}")
     # Bind before announcing anything: a busy port is a clear error, not a
     # "ready" line followed by a crash.
     try:
@@ -72,14 +114,18 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
         click.echo(f"error: cannot listen on {host}:{port}: {os.strerror(exc.errno or 0)} (choose another --port)", err=True)
         sys.exit(1)
     port = sock.getsockname()[1]
+    store = _open_store(data_dir, url)
     token, token_file = load_admin_token(data_dir)
     runtime = select_runtime(runtime_name, data_dir, templates_dir)
     if demo and runtime is None:
         click.echo("--demo: no workspace runtime, so no example workspaces; serving the API only", err=True)
-    app = create_app(
-        AppConfig(data_dir=data_dir, db_url=db_url or os.environ.get(DB_ENV), admin_token=token),
-        runtime=runtime,
-    )
+    try:
+        app = create_app(AppConfig(data_dir=data_dir, db_url=url, admin_token=token), store=store, runtime=runtime)
+    except SQLAlchemyError as exc:
+        from secretsd.store.dburl import failure_message
+        from secretsd.store.engine import default_url
+
+        _fail(failure_message(exc, url or default_url(data_dir)))
     where = f"in {token_file.resolve()} (0600)" if token_file else f"from ${TOKEN_ENV}"
     # Say where the token is, never the token itself.
     click.echo(f"secretsd control plane on http://{host}:{port}  admin token: {where}", err=True)

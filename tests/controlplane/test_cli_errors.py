@@ -1,0 +1,97 @@
+"""`secretsd serve` with a bad or unreachable database: one line, the right
+exit code (2 for a URL that cannot work, 1 for a database that cannot be
+reached), no traceback, and never the password from the URL. Real
+subprocesses of the console script."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SECRETSD = [str(Path(sys.executable).parent / "secretsd")]
+PASSWORD = "SECRETPW"
+
+
+def serve(*args: str, data: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SECRETSD_")}
+    e.update(env or {})
+    return subprocess.run([*SECRETSD, "serve", "--data", str(data), "--runtime", "none", "--port", "0", *args],
+                          capture_output=True, text=True, env=e, timeout=60)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens on it once closed
+
+
+def _one_clean_line(res: subprocess.CompletedProcess[str]) -> str:
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out and PASSWORD not in out, out
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, res.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("url", [
+    "bogus://x",
+    f"bogus://u:{PASSWORD}@h/db",
+    "not a url",
+    f"postgresql://u:{PASSWORD}@h:notaport/db",
+    f"postgresql+nosuchdriver://u:{PASSWORD}@h/db",
+    f"mysql://u:{PASSWORD}@h/db",  # a dialect SQLAlchemy knows, a driver not installed here
+], ids=["bogus", "bogus-with-password", "not-a-url", "bad-port", "unknown-driver", "driver-missing"])
+def test_a_url_that_cannot_work_is_a_usage_error(url: str, tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    res = serve("--db", url, data=data)
+    assert res.returncode == 2, res.stderr
+    line = _one_clean_line(res)
+    assert "--db" in line
+    assert not data.exists()  # refused before anything was created
+
+
+def test_the_url_from_the_environment_is_checked_too(tmp_path: Path) -> None:
+    res = serve(data=tmp_path / "var", env={"SECRETSD_DB": f"bogus://u:{PASSWORD}@h/db"})
+    assert res.returncode == 2
+    assert "$SECRETSD_DB" in _one_clean_line(res)
+
+
+def test_an_unreachable_postgresql_is_a_runtime_failure_with_the_password_masked(tmp_path: Path) -> None:
+    url = f"postgresql://u:{PASSWORD}@127.0.0.1:{closed_port()}/db"
+    res = serve("--db", url, data=tmp_path / "var")
+    assert res.returncode == 1, res.stderr
+    line = _one_clean_line(res)
+    assert "postgresql://u:***@127.0.0.1" in line and "cannot open the database" in line
+    assert "control plane on" not in res.stderr  # it never announced itself as ready
+
+
+def test_an_unusable_sqlite_path_is_a_runtime_failure(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the database's folder should be
+    res = serve("--db", f"sqlite:///{blocker}/sub/secretsd.db", data=tmp_path / "var")
+    assert res.returncode == 1, res.stderr
+    assert "cannot open the database" in _one_clean_line(res)
+
+
+def test_serve_still_starts_with_a_good_url(tmp_path: Path) -> None:
+    # Positive control: the same invocation with a working SQLite URL serves.
+    data = tmp_path / "var"
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SECRETSD_")}
+    proc = subprocess.Popen([*SECRETSD, "serve", "--data", str(data), "--runtime", "none", "--port", "0",
+                             "--db", f"sqlite:///{tmp_path / 'x.db'}"],
+                            stderr=subprocess.PIPE, text=True, env=e)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "control plane on" in line or "error" in line or "Traceback" in line:
+                break
+        assert "control plane on" in line, line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert (tmp_path / "x.db").is_file()

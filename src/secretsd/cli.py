@@ -57,6 +57,9 @@ def cli() -> None:
     A secrets.d folder holds one file per secret (name = variable, content =
     raw value); load.sh exports them in the workspace's entrypoint. See
     docs/format.md for the contract.
+
+    Exit codes: 0 ok, 1 runtime failure, 2 usage or validation error;
+    `secretsd exec` also 126 (cannot execute) and 127 (not found), like env(1).
     """
 
 

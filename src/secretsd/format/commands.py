@@ -15,7 +15,7 @@ import click
 
 from secretsd.format.doctor import diagnose
 from secretsd.format.loader import load_into
-from secretsd.format.rules import DEFAULT_DIR, LOADER_NAME, FormatError, encode_value
+from secretsd.format.rules import DEFAULT_DIR, LOADER_NAME, FormatError, Rules, encode_value
 from secretsd.format.writer import DATA, ConflictError, NotFound, SecretsDir, SecretsDirError
 
 EXIT_FAILURE = 1
@@ -119,6 +119,37 @@ def guard_folder(folder: str, *, may_create: bool = False, must_exist: bool = Tr
         )
 
 
+#: What --expect takes: a sha256 hex prefix (as `ls` shows) or 'absent'.
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _check_expect(expect: str) -> str | None:
+    """The writer's ``expected`` for --expect, or a usage error (exit 2): a
+    value that is not hex can never match, so it is not a conflict."""
+    if expect == "absent":
+        return None
+    if not expect or len(expect) > 64 or not set(expect) <= _HEX:
+        fail(f"--expect {expect[:80]!r}: want a sha256 hex prefix (1 to 64 hex digits, as `secretsd ls` shows) "
+             "or 'absent'", EXIT_USAGE)
+    return expect
+
+
+def check_names(names: tuple[str, ...] | list[str]) -> None:
+    """Exit 2 naming every invalid or reserved name: such a name can never be
+    a secret, so "no such secret" (exit 1) would be misleading."""
+    problems = []
+    rules = Rules()
+    for name in names:
+        try:
+            rules.check_name(name)
+        except FormatError as exc:
+            problems.append(exc)
+    if problems:
+        for p in problems:
+            click.echo(f"error: {p}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
 def _read_source(path: str) -> bytes:
     """Bytes from a file or '-' (stdin), exactly as they are."""
     if path == "-":
@@ -166,11 +197,14 @@ def set_cmd(
     VALUE on the command line is visible in the process list: prefer '-' or
     --from-file for real secrets.
     """
+    if from_json is not None and (key or value or from_file):
+        fail("--from-json takes no KEY, VALUE or --from-file", EXIT_USAGE)
+    if from_json is not None and expect is not None:
+        fail("--expect applies to one KEY, not to --from-json", EXIT_USAGE)
+    expected = _check_expect(expect) if expect is not None else None
     guard_folder(folder, may_create=True)
     sd = open_dir(folder, uid, gid)
     if from_json is not None:
-        if key or value or from_file:
-            fail("--from-json takes no KEY, VALUE or --from-file", EXIT_USAGE)
         raw = _read_source(from_json)
         try:
             doc = json.loads(raw)
@@ -202,7 +236,7 @@ def set_cmd(
     if expect is None:
         sd.set(key, data)
     else:
-        sd.set(key, data, expected=None if expect == "absent" else expect)
+        sd.set(key, data, expected=expected)
     click.echo(f"set {key}", err=True)
 
 
@@ -213,6 +247,7 @@ def set_cmd(
 @handle_errors
 def rm_cmd(keys: tuple[str, ...], folder: str, uid: int | None, gid: int | None) -> None:
     """Delete KEYS, all or nothing (fails if any is absent)."""
+    check_names(keys)
     guard_folder(folder)
     open_dir(folder, uid, gid).delete(*keys)
     click.echo(f"removed {', '.join(keys)}", err=True)
@@ -266,6 +301,7 @@ def ls_cmd(as_json: bool, folder: str) -> None:
 @handle_errors
 def get_cmd(key: str, folder: str) -> None:
     """Print KEY's value, byte-exact, to stdout (for the owner on the host)."""
+    check_names([key])
     guard_folder(folder)
     data = open_dir(folder).get(key)
     sys.stdout.buffer.write(data)
@@ -315,6 +351,11 @@ def exec_cmd(folder: str, command: tuple[str, ...]) -> None:
     """Load the folder into the environment, then exec COMMAND.
 
     secretsd exec -- agent-runtime --serve
+
+    \b
+    Exit status, as env(1) and the shells: COMMAND's own once it runs;
+    126 when COMMAND is found but cannot be executed (not executable, bad format);
+    127 when COMMAND is not found.
     """
     load_into(None, folder)
     try:

@@ -338,10 +338,94 @@ def doctor_cmd(as_json: bool, folder: str, uid: int | None, gid: int | None) -> 
 def repair_cmd(folder: str, uid: int | None, gid: int | None) -> None:
     """Finish or undo a killed write, fix mode/owner drift, reinstall load.sh."""
     guard_folder(folder)
-    done = open_dir(folder, uid, gid).repair()
-    for line in done:
+    sd = open_dir(folder, uid, gid)
+    before = _repair_state(sd)
+    done = sd.repair()
+    changes = _repair_changes(sd, before, _repair_state(sd), done)
+    for line in changes:
         click.echo(line, err=True)
-    click.echo(f"repaired {folder}: {len(done)} change(s)", err=True)
+    click.echo(f"repaired {folder}: {len(changes)} change(s)", err=True)
+
+
+def _attrs_of(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+def _repair_state(sd: SecretsDir) -> dict[str, Any]:
+    """What the writer's repair fixes without itemising it: the mode and owner
+    of the folder, load.sh, the current generation and each of its files;
+    load.sh's bytes; the generation's load cache."""
+    root = str(sd.path)
+    state: dict[str, Any] = {"folder": _attrs_of(root), "loader": _attrs_of(os.path.join(root, LOADER_NAME))}
+    try:
+        with open(os.path.join(root, LOADER_NAME), "rb") as fh:
+            state["loader_bytes"] = fh.read()
+    except OSError:
+        state["loader_bytes"] = None
+    gen = os.path.join(root, DATA)
+    state["gen"] = _attrs_of(os.path.realpath(gen)) if os.path.islink(gen) else None
+    files: dict[str, tuple[int, int, int] | None] = {}
+    if state["gen"] is not None:
+        try:
+            for name in os.listdir(gen):
+                if not name.startswith("."):
+                    files[name] = _attrs_of(os.path.join(gen, name))
+        except OSError:
+            pass
+    state["files"] = files
+    try:
+        state["cache"] = sd.cache_problem()
+    except SecretsDirError:
+        state["cache"] = None
+    return state
+
+
+def _attr_fixes(what: str, b: tuple[int, int, int] | None, a: tuple[int, int, int] | None,
+                want: tuple[int, int, int]) -> list[str]:
+    """Lines for the mode/owner drift of ``what`` that went away."""
+    if b is None or a is None or b == want or a != want:
+        return []
+    out = []
+    if b[0] != a[0]:
+        out.append(f"fixed {what} mode {b[0]:04o} -> {a[0]:04o}")
+    if b[1:] != a[1:]:
+        out.append(f"fixed {what} owner {b[1]}:{b[2]} -> {a[1]}:{a[2]}")
+    return out
+
+
+def _repair_changes(sd: SecretsDir, before: dict[str, Any], after: dict[str, Any], done: list[str]) -> list[str]:
+    """One line per change repair made. The writer says some of them in one
+    line ("rewrote generation ..."), and the folder's mode/owner and load.sh
+    not at all."""
+    from secretsd.format.rules import DIR_MODE, FILE_MODE
+    from secretsd.format.writer import LOADER_MODE
+
+    dir_want, file_want = (DIR_MODE, sd.uid, sd.gid), (FILE_MODE, sd.uid, sd.gid)
+    changes = _attr_fixes("folder", before["folder"], after["folder"], dir_want)
+    if before["loader_bytes"] is None and after["loader_bytes"] is not None:
+        changes.append(f"installed {LOADER_NAME}")
+    elif before["loader_bytes"] != after["loader_bytes"]:
+        changes.append(f"reinstalled {LOADER_NAME} (it differed from the one this secretsd ships)")
+    else:
+        changes += _attr_fixes(LOADER_NAME, before["loader"], after["loader"], (LOADER_MODE, sd.uid, sd.gid))
+    itemised = _attr_fixes(f"{DATA} generation", before["gen"], after["gen"], dir_want)
+    for name in sorted(before["files"]):
+        itemised += _attr_fixes(name, before["files"][name], after["files"].get(name), file_want)
+    if before["cache"] is not None and after["cache"] is None:
+        itemised.append(f"rewrote the load cache (it was {before['cache']})")
+    for line in done:
+        if line.startswith("adopted hand-made files: "):
+            changes += [f"adopted hand-made file {n}" for n in line.split(": ", 1)[1].split(", ")]
+        elif line.startswith("rewrote generation"):
+            if not itemised:
+                changes.append(line)  # something else was fixed: say what the writer said
+        else:
+            changes.append(line)
+    return changes + itemised
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -28,19 +28,23 @@ class Finding:
     key: str | None = None
 
     def as_dict(self) -> dict[str, str | None]:
-        return asdict(self)
+        """For --json: ``key`` only on findings about one key (never null)."""
+        d = asdict(self)
+        if d["key"] is None:
+            del d["key"]
+        return d
 
 
-def _attrs(path: str, want_mode: int, sd: SecretsDir, what: str, code: str) -> list[Finding]:
+def _attrs(path: str, want_mode: int, sd: SecretsDir, what: str, code: str, key: str | None = None) -> list[Finding]:
     try:
         st = os.lstat(path)
     except OSError:
         return []
     out = []
     if stat.S_IMODE(st.st_mode) != want_mode:
-        out.append(Finding("error", code, f"{what}: mode {stat.S_IMODE(st.st_mode):04o}, want {want_mode:04o}"))
+        out.append(Finding("error", code, f"{what}: mode {stat.S_IMODE(st.st_mode):04o}, want {want_mode:04o}", key))
     if (st.st_uid, st.st_gid) != (sd.uid, sd.gid):
-        out.append(Finding("error", code, f"{what}: owner {st.st_uid}:{st.st_gid}, want {sd.uid}:{sd.gid}"))
+        out.append(Finding("error", code, f"{what}: owner {st.st_uid}:{st.st_gid}, want {sd.uid}:{sd.gid}", key))
     return out
 
 
@@ -87,7 +91,7 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
     total = 0
     for e in entries:
         path = os.path.join(root, e.name)
-        out += _attrs(os.path.realpath(path), FILE_MODE, sd, e.name, "DRIFT")
+        out += _attrs(os.path.realpath(path), FILE_MODE, sd, e.name, "DRIFT", e.name)
         value = values.get(e.name, b"")
         total += env_string_size(e.name, value)
         if value.endswith(b"\n"):
@@ -107,7 +111,7 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
         path = os.path.join(root, name)
         if os.path.islink(path) and not name.startswith("."):
             if os.readlink(path) != f"{DATA}/{name}":
-                out.append(Finding("warning", "FOREIGN_LINK", f"{name}: a link the writer did not make; loaders ignore it (run `secretsd repair`)"))
+                out.append(Finding("warning", "FOREIGN_LINK", f"{name}: a link the writer did not make; loaders ignore it (run `secretsd repair`)", name))
         seq = _gen_seq(name)
         if seq is not None and cur_seq is not None and seq > cur_seq:
             out.append(Finding("warning", "LEFTOVER", f"{name}: left by an interrupted write (run `secretsd repair`)"))

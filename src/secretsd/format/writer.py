@@ -468,8 +468,8 @@ class SecretsDir:
         old = sorted(
             (seq, e) for e in entries if (seq := _gen_seq(e.name)) is not None and seq < cur
         )
-        if not old:
-            return []
+        if not old or (excess_only and len(old) <= MAX_OLD_GENERATIONS):
+            return []  # nothing to stat: the common case on every write
         now = time.time()
         # A generation was superseded when its successor was written: its
         # ctime (the mtime is backdated for the loader cache; ctime cannot be).

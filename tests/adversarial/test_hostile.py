@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -233,6 +234,22 @@ def _outside(tmp_path: Path) -> Path:
     return out
 
 
+def _put_back(victim: Path) -> None:
+    """Undo a half swap: the real folder back in place, whatever the writer re-created meanwhile dropped."""
+    aside = victim.with_name(victim.name + ".aside")
+    try:
+        if not aside.exists():
+            return
+        if victim.is_symlink():
+            victim.unlink()
+        if victim.exists():  # the writer re-created it while the real one was aside
+            shutil.rmtree(aside)
+        else:
+            os.rename(aside, victim)
+    except OSError:
+        pass  # raced with the writer again: the next round retries
+
+
 def test_folder_swap_attack_while_the_api_writes(tmp_path: Path) -> None:
     """A thread keeps swapping configs/ and configs/secrets.d for symlinks to an outside folder."""
     s = make_server(tmp_path)
@@ -257,7 +274,7 @@ def test_folder_swap_attack_while_the_api_writes(tmp_path: Path) -> None:
                     os.rename(aside, victim)
                     swaps["n"] += 1
                 except OSError:
-                    pass
+                    _put_back(victim)  # the writer re-created the folder meanwhile: keep attacking
     try:
         with s.client() as c:
             assert c.post("/cp/admin/workspaces", json={"id": ws}).status_code == 201
@@ -274,16 +291,7 @@ def test_folder_swap_attack_while_the_api_writes(tmp_path: Path) -> None:
             t.join()
             # Undo any half swap, then the next write heals.
             for victim in (configs / "secrets.d", configs):
-                aside = victim.with_name(victim.name + ".aside")
-                if aside.exists():
-                    if victim.is_symlink():
-                        victim.unlink()
-                    if victim.exists():  # the writer re-created it while the real one was aside
-                        import shutil
-
-                        shutil.rmtree(aside)
-                    else:
-                        os.rename(aside, victim)
+                _put_back(victim)
             r = c.post(f"/cp/admin/workspaces/{ws}/env", json={"env": {"K0": "final"}})
             assert r.status_code == 200, r.text
     finally:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from secretsd.format.loadcache import CACHE_NAME
+
 from .conftest import App
 from .helpers import record
 
@@ -31,11 +33,14 @@ def drift(sd: Path) -> list[str]:
                 want_mode = 0o700
             elif p.name == "load.sh":
                 want_mode = 0o644
+            elif p.name == CACHE_NAME:  # a root writer's loader cache: root's, group-readable (docs/format.md)
+                want_mode = 0o640
             else:
                 want_mode = 0o600
             if want_mode is not None and stat.S_IMODE(st.st_mode) != want_mode:
                 bad.append(f"{p.relative_to(sd.parent)} mode {stat.S_IMODE(st.st_mode):o}")
-            if (st.st_uid, st.st_gid) != (1000, 1000):
+            want_owner = (0, 1000) if p.name == CACHE_NAME else (1000, 1000)
+            if (st.st_uid, st.st_gid) != want_owner:
                 bad.append(f"{p.relative_to(sd.parent)} owner {st.st_uid}:{st.st_gid}")
     return bad
 

@@ -153,7 +153,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(data: Path, db: str | None) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(data: Path, db: str | None, extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETSD_")}
     env["SECRETSD_ADMIN_TOKEN"] = TOKEN
@@ -161,6 +161,7 @@ def start_server(data: Path, db: str | None) -> tuple[subprocess.Popen[bytes], i
             "--log-level", "warning"]
     if db:
         argv += ["--db", db]
+    argv += extra or []
     from secretsd.controlplane.commands import serve
 
     if "runtime_name" in {p.name for p in serve.params}:
@@ -193,13 +194,15 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     ap.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite in the temp data folder)")
     ap.add_argument("--data", default=None, help="parent folder for the temp data (default: the repo's var/)")
+    ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for `secretsd serve` (repeat), e.g. --serve-arg=--threads=4")
     args = ap.parse_args()
     n = 100 if args.quick else 400
     parent = Path(args.data or Path(__file__).resolve().parents[1] / "var")
     parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-", dir=parent))
     rows: list[Row] = [writer_floor(root, 1, n), writer_floor(root, 10, n)]
-    proc, port = start_server(root / "data", args.db)
+    proc, port = start_server(root / "data", args.db, args.serve_arg)
     try:
         def scenario(name: str, clients: int, keys: int, total: int, *, same_ws: bool = False,
                      rate: float | None = None) -> Row:

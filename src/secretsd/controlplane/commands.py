@@ -83,8 +83,10 @@ def _open_store(data_dir: Path, url: str | None) -> Any:
 @click.option("--demo", is_flag=True, help="Also provision one workspace per template (needs the runtime).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--threads", "worker_threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Worker threads for the blocking work (database, folder writes); see docs/operations.md.")
 def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name: str, templates_dir: Path | None,
-          demo: bool, log_level: str) -> None:
+          demo: bool, log_level: str, worker_threads: int) -> None:
     """Run the control plane (FastAPI + uvicorn) with embedded defaults."""
     _no_core_dumps()
     from secretsd.store.dburl import BadDbUrl, check_url
@@ -120,7 +122,7 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
     if demo and runtime is None:
         click.echo("--demo: no workspace runtime, so no example workspaces; serving the API only", err=True)
     try:
-        app = create_app(AppConfig(data_dir=data_dir, db_url=url, admin_token=token), store=store, runtime=runtime)
+        app = create_app(AppConfig(data_dir=data_dir, db_url=url, admin_token=token, worker_threads=worker_threads), store=store, runtime=runtime)
     except SQLAlchemyError as exc:
         from secretsd.store.dburl import failure_message
         from secretsd.store.engine import default_url

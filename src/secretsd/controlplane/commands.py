@@ -89,15 +89,12 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
           demo: bool, log_level: str, worker_threads: int) -> None:
     """Run the control plane (FastAPI + uvicorn) with embedded defaults."""
     _no_core_dumps()
-    from secretsd.store.dburl import BadDbUrl, check_url
+    from secretsd.store.dburl import BadDbUrl, given_url
 
-    url = db_url or os.environ.get(DB_ENV) or None
-    if url:
-        # Before anything is created or bound: a bad URL is a usage error.
-        try:
-            check_url(url, "--db" if db_url else f"${DB_ENV}")
-        except BadDbUrl as exc:
-            _fail(str(exc), 2)
+    try:  # before anything is created or bound: a bad URL is a usage error
+        url = given_url(db_url)
+    except BadDbUrl as exc:
+        _fail(str(exc), 2)
 
     import uvicorn
 

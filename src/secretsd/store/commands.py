@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from secretsd.store import schema as S
 from secretsd.store.crypto import KEY_ENV, KEY_FILE_NAME, KeyRing, KeyRingError
-from secretsd.store.dburl import BadDbUrl, check_url, failure_message, safe_url
+from secretsd.store.dburl import BadDbUrl, failure_message, given_url, safe_url
 from secretsd.store.engine import DB_ENV, default_url
 from secretsd.store.rotation import rotate
 from secretsd.store.store import Store
@@ -62,12 +62,10 @@ def rotate_key(data_dir: Path, db_url: str | None) -> None:
     put the new key in it as the highest version first ("1:OLD,2:NEW"); rows
     are moved to it and you may then drop the old version from the variable.
     """
-    given = db_url or os.environ.get(DB_ENV) or None
-    if given:
-        try:
-            check_url(given, "--db" if db_url else f"${DB_ENV}")
-        except BadDbUrl as exc:
-            _fail(str(exc), 2)
+    try:
+        given = given_url(db_url)
+    except BadDbUrl as exc:
+        _fail(str(exc), 2)
     url = given or default_url(data_dir)
     # Rotate an existing store only: never create a database or a key here
     # (a wrong --data used to "rotate" a brand-new empty store and report success).

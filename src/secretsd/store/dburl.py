@@ -8,7 +8,11 @@ be reached or opened is a runtime failure (:func:`failure_message`, exit 1).
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy.engine import URL, make_url
+
+from secretsd.store.engine import DB_ENV
 
 
 class BadDbUrl(Exception):
@@ -44,6 +48,15 @@ def check_url(url: str, label: str = "--db") -> URL:
         raise BadDbUrl(f"{label} {safe_url(parsed)}: the {parsed.drivername!r} driver is not installed "
                        f"({exc.name or 'module'} missing)") from None
     return parsed
+
+
+def given_url(db_url: str | None) -> str | None:
+    """The URL from ``--db``, else ``$SECRETSD_DB``, else None (the default
+    SQLite in the data folder), checked by :func:`check_url`."""
+    url = db_url or os.environ.get(DB_ENV) or None
+    if url:
+        check_url(url, "--db" if db_url else f"${DB_ENV}")
+    return url
 
 
 def failure_message(exc: BaseException, url: str) -> str:

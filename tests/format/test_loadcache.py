@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -206,6 +207,23 @@ def test_a_root_shell_never_sources_a_cache_it_does_not_own(shell, sd, tmp_path)
     poison(sd, ["A"])
     got, err = loaded(shell, sd.path)
     assert got[b"A"] == b"POISON" and not marker.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("gosu"), reason="needs root and gosu to run as uid 1000")
+@pytest.mark.parametrize("shell", [p for p in SHELLS if p.id in FAST])
+def test_the_workspace_user_reads_the_root_owned_cache_through_its_group(shell):
+    """The entrypoint's second pass, as uid 1000: the cache is root's but group-readable."""
+    top = Path(tempfile.mkdtemp(prefix="secretsd-u1000-", dir="/tmp"))  # pytest's tmp is root-only
+    try:
+        top.chmod(0o755)
+        sd = SecretsDir(top / "secrets.d")
+        sd.replace_all({"A": b"alpha"})
+        poison(sd, ["A"])  # only the cache still says alpha
+        proc = source_in([shutil.which("gosu") or "gosu", "1000:1000", *shell], sd.path, after='echo "A=$A"')
+        assert proc.returncode == 0, proc.stderr
+        assert b"A=alpha" in proc.stdout
+    finally:
+        shutil.rmtree(top)
 
 
 @pytest.mark.parametrize("setup", ["set -T", "shopt -s extdebug"])

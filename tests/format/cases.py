@@ -92,7 +92,7 @@ TRICKY = {
 def _concrete(pattern: str) -> str:
     """One real name a reserved glob covers (LD_* -> LD_PRELOAD)."""
     examples = {"LD_*": "LD_PRELOAD", "SECRETSD_*": "SECRETSD_DIR", "BASH_*": "BASH_XTRACEFD",
-                "KSH_*": "KSH_VERSION", "__secretsd_*": "__secretsd_dir", "YASH_*": "YASH_AFTER_CD", "ZSH_*": "ZSH_SUBSHELL"}
+                "KSH_*": "KSH_VERSION", "__secretsd_*": "__secretsd_dir", "YASH_*": "YASH_AFTER_CD", "ZSH_*": "ZSH_SUBSHELL", "POSH_*": "POSH_VERSION"}
     return examples.get(pattern, pattern)
 
 

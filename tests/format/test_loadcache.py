@@ -226,6 +226,42 @@ def test_the_workspace_user_reads_the_root_owned_cache_through_its_group(shell):
         shutil.rmtree(top)
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("gosu"), reason="needs root and gosu to run as uid 1000")
+@pytest.mark.parametrize("shell", [p for p in SHELLS if p.id in FAST])
+def test_a_value_the_user_cannot_read_is_not_taken_from_the_cache(shell):
+    """The cache (group-readable) must not hand out a value its file keeps from the reader."""
+    top = Path(tempfile.mkdtemp(prefix="secretsd-u1000-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        sd = SecretsDir(top / "secrets.d")
+        sd.replace_all({"A": b"alpha", "B": b"b"})
+        os.chmod(gen_dir(sd) / "A", 0)  # a chmod changes only the ctime
+        proc = source_in([shutil.which("gosu") or "gosu", "1000:1000", *shell], sd.path,
+                         after='echo "A=${A-unset} B=$B"')
+        assert proc.returncode == 0, proc.stderr
+        assert b"A=unset B=b" in proc.stdout and b"skipping A: cannot read" in proc.stderr
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("shell", [p for p in SHELLS if p.id in FAST])
+def test_a_linked_cache_is_never_sourced(shell, sd, tmp_path):
+    """A link passes -f, -r and -O for its target (any root-owned file): links are refused."""
+    g = gen_dir(sd)
+    cache = g / loadcache.CACHE_NAME
+    target = tmp_path / "root-owned"
+    marker = tmp_path / "ran"
+    target.write_bytes(cache.read_bytes() + f"touch '{marker}'\n".encode())
+    st = os.stat(cache)
+    cache.unlink()
+    os.symlink(target, cache)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(g, ns=(st.st_atime_ns, st.st_mtime_ns))
+    poison(sd, ["A"])
+    got, _ = loaded(shell, sd.path)
+    assert got[b"A"] == b"POISON" and not marker.exists()
+
+
 @pytest.mark.parametrize("setup", ["set -T", "shopt -s extdebug"])
 def test_bash_reads_the_files_when_a_debug_trap_reaches_functions(sd, setup):
     """A DEBUG trap that runs in functions would see the cache's export lines."""

@@ -56,7 +56,9 @@ LOADER_RESERVED: tuple[str, ...] = (
     "HISTCMD", "HISTSIZE", "SAVEHIST", "HISTCHARS", "histchars", "COLUMNS", "LINES", "TMOUT",
     "EPOCHREALTIME", "EPOCHSECONDS", "BASH", "BASH_*", "BASHPID", "KSH_*", "KSHUID", "KSHGID",
     "KSHEGID", "USER_ID", "PGRP", "YASH_*", "ZSH_*", "KEYBOARD_HACK", "TTYIDLE", "FUNCNEST",
-    "TRY_BLOCK_ERROR", "TRY_BLOCK_INTERRUPT",
+    "TRY_BLOCK_ERROR", "TRY_BLOCK_INTERRUPT", "ERRNO", "signals", "POSH_*",
+    # mksh loads a missing command's function from a folder FPATH names.
+    "FPATH",
     # Change what the shells do next: POSIX mode, hooks that run code.
     "POSIXLY_CORRECT", "PROMPT_COMMAND", "COMMAND_NOT_FOUND_HANDLER", "ECHO_STYLE",
 )

@@ -797,7 +797,11 @@ class SecretsDir:
         ``STALE_CACHE_USED`` when it would, but they differ from the files."""
         data = self._read_file(gfd, loadcache.CACHE_NAME)
         if data is None:
-            return "missing"
+            try:
+                os.stat(loadcache.CACHE_NAME, dir_fd=gfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return "missing"
+            return "not a regular file (load.sh never sources a link)"
         try:
             cached = os.stat(loadcache.CACHE_NAME, dir_fd=gfd, follow_symlinks=False).st_mtime_ns
             newer = sorted(n for n in values if os.stat(n, dir_fd=gfd, follow_symlinks=False).st_mtime_ns > cached)

@@ -45,6 +45,18 @@ if [ -z "${KSH_VERSION-}${POSH_VERSION-}${YASH_VERSION-}${ZSH_VERSION-}" ]; then
         if { [ / -nt / ] || [ $? -eq 1 ]; } 2>/dev/null; then __secretsd_fast=1; fi ;;
     esac
 fi
+# The effective uid, without a fork: the `Uid:` line of /proc/self/status
+# (real, effective, ...; not $EUID, which the environment can set in dash).
+# Empty when unknown: then only a cache we own is used (__secretsd_cached).
+__secretsd_euid=
+if [ -n "$__secretsd_fast" ]; then
+    if [ -r /proc/self/status ]; then
+        while IFS=' 	' read -r __secretsd_l __secretsd_v __secretsd_e __secretsd_rest; do
+            case $__secretsd_l in Uid:) __secretsd_euid=$__secretsd_e; break ;; esac
+        done </proc/self/status
+        case $__secretsd_euid in *[!0123456789]*) __secretsd_euid= ;; esac
+    fi
+fi
 
 # __secretsd_warn NAME REASON
 __secretsd_warn() {
@@ -78,10 +90,11 @@ __secretsd_generation() {
 # nothing, only if it is exact (docs/format.md, "The loader cache"): a
 # generation the writer made (`..gen-N`: a kubelet's folders hold any key a
 # Secret has, dotfiles too), with no hand-made file at the top level (those
-# win, and may be unreadable), owned by root when we are root (else whoever
-# owns the folder could run code in a root shell whose load.sh lives
-# elsewhere), neither it nor any file newer than the cache (a hand edit,
-# rename or link makes one newer), and naming exactly the generation's files.
+# win, and may be unreadable), a regular file (not a link), our own unless we
+# are known not to be root (else whoever owns the folder could run code in a
+# root shell whose load.sh lives elsewhere), neither it nor any file newer
+# than the cache (a hand edit, rename or link makes one newer), every file
+# readable by us, and naming exactly the generation's files.
 # The cache defines the function __secretsd_apply (one `export NAME='value'`
 # per name) and, last, __secretsd_cn (' NAME NAME '). "$@": the top level.
 __secretsd_cached() {
@@ -92,17 +105,21 @@ __secretsd_cached() {
     done
     __secretsd_k=$__secretsd_gen/.load-cache.sh
     # shellcheck disable=SC3013
-    if [ ! -f "$__secretsd_k" ] || [ ! -r "$__secretsd_k" ] || [ "$__secretsd_gen" -nt "$__secretsd_k" ]; then
+    if [ -h "$__secretsd_k" ] || [ ! -f "$__secretsd_k" ] || [ ! -r "$__secretsd_k" ] ||
+        [ "$__secretsd_gen" -nt "$__secretsd_k" ]; then
         return 1
     fi
-    if [ -O / ] && [ ! -O "$__secretsd_k" ]; then return 1; fi
+    # Only our own cache, unless we are known not to be root.
+    if [ ! -O "$__secretsd_k" ]; then
+        case $__secretsd_euid in '' | 0) return 1 ;; esac
+    fi
     __secretsd_names=
     # shellcheck source=/dev/null
     if command . "$__secretsd_k" 2>/dev/null; then
         __secretsd_names=' '
         for __secretsd_f in "$__secretsd_gen"/*; do
             # shellcheck disable=SC3013
-            if [ "$__secretsd_f" -nt "$__secretsd_k" ]; then __secretsd_names=; break; fi
+            if [ "$__secretsd_f" -nt "$__secretsd_k" ] || [ ! -r "$__secretsd_f" ]; then __secretsd_names=; break; fi
             case ${__secretsd_f##*/} in
                 '' | [!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_]* | \
                 *[!ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789]*)
@@ -165,7 +182,7 @@ __secretsd_pass() {
             HISTCMD | HISTSIZE | SAVEHIST | HISTCHARS | histchars | COLUMNS | LINES | TMOUT | \
             EPOCHREALTIME | EPOCHSECONDS | BASH | BASH_* | BASHPID | KSH_* | KSHUID | KSHGID | \
             KSHEGID | USER_ID | PGRP | YASH_* | ZSH_* | KEYBOARD_HACK | TTYIDLE | FUNCNEST | \
-            TRY_BLOCK_ERROR | TRY_BLOCK_INTERRUPT | \
+            TRY_BLOCK_ERROR | TRY_BLOCK_INTERRUPT | ERRNO | signals | POSH_* | FPATH | \
             POSIXLY_CORRECT | PROMPT_COMMAND | COMMAND_NOT_FOUND_HANDLER | ECHO_STYLE)
                 __secretsd_warn "$__secretsd_n" 'reserved name'
                 continue ;;
@@ -254,7 +271,7 @@ unset -f __secretsd_warn __secretsd_generation __secretsd_cached __secretsd_pass
 unset __secretsd_ifs_set __secretsd_ifs __secretsd_lc_set __secretsd_lc __secretsd_dir \
     __secretsd_max __secretsd_rc __secretsd_nf __secretsd_done __secretsd_prev __secretsd_hand __secretsd_big __secretsd_c __secretsd_v __secretsd_l __secretsd_gen \
     __secretsd_g __secretsd_f __secretsd_n __secretsd_vanished __secretsd_try __secretsd_a __secretsd_used \
-    __secretsd_fast __secretsd_k __secretsd_names __secretsd_rest
+    __secretsd_fast __secretsd_k __secretsd_names __secretsd_rest __secretsd_euid __secretsd_e
 [ -z "$__secretsd_vb" ] || set -v
 unset __secretsd_vb
 if [ -n "$__secretsd_x" ]; then unset __secretsd_x; set -x; else unset __secretsd_x; fi

@@ -95,3 +95,26 @@ def test_serve_still_starts_with_a_good_url(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     assert (tmp_path / "x.db").is_file()
+
+
+def test_a_wrong_encryption_key_refuses_to_start(tmp_path: Path) -> None:
+    """Rows written under one key, the server started with another: it must not serve
+    (it would store new values under the wrong key next to rows nothing can read)."""
+    import base64
+
+    from secretsd.store.crypto import KeyRing
+    from secretsd.store.engine import default_url
+    from secretsd.store.store import Store
+
+    data = tmp_path / "var"
+    data.mkdir()
+    store = Store.open(default_url(data), KeyRing.load(data))  # generates the key file
+    store.create_workspace("w1", None, {}, actor="test")
+    store.put("w1", {"A": b"canary-key-7e2"}, actor="test")
+    store.close()
+    wrong = "1:" + base64.b64encode(os.urandom(32)).decode()
+    res = serve(data=data, env={"SECRETSD_ENCRYPTION_KEY": wrong})
+    assert res.returncode == 1, res.stderr
+    line = _one_clean_line(res)
+    assert "encryption key" in line and "wrong encryption key" in line
+    assert "canary-key-7e2" not in res.stdout + res.stderr

@@ -545,3 +545,41 @@ def test_a_hand_made_file_the_rules_refuse_is_never_adopted(sd: SecretsDir) -> N
     assert b"x\0y" not in (sd.path / "..data" / ".load-cache.sh").read_bytes()
     sd.replace_all({"A": b"a2"})  # materialisation: the folder becomes exactly this
     assert not os.path.lexists(sd.path / "BAD") and sd.read_all() == {"A": b"a2"}
+
+
+def test_a_hijacked_key_link_is_replaced_by_its_own(sd: SecretsDir, tmp_path: Path) -> None:
+    """KEY -> /outside planted over the key's link: the next write points KEY back at ..data/KEY."""
+    outside = tmp_path / "victim"
+    outside.write_bytes(b"precious")
+    sd.set("KEY", b"v1")
+    os.unlink(sd.path / "KEY")
+    os.symlink(outside, sd.path / "KEY")
+    sd.set("KEY", b"v2")
+    assert os.readlink(sd.path / "KEY") == "..data/KEY"
+    assert (sd.path / "KEY").read_bytes() == b"v2" and outside.read_bytes() == b"precious"
+
+
+def test_doctor_and_materialisation_see_hand_files_the_rules_refuse(sd: SecretsDir) -> None:
+    from secretsd.format.doctor import diagnose
+
+    sd.set("A", b"a")
+    (sd.path / "HUGE").write_bytes(b"x" * 200_000)  # over one variable's limit: no loader exports it
+    (sd.path / "NUL").write_bytes(b"x\0y")
+    codes = {(f.code, f.key, f.severity) for f in diagnose(sd)}
+    assert ("TOO_LARGE", "HUGE", "error") in codes and ("HAND_FILE_REFUSED", "NUL", "error") in codes
+    sd.replace_all({"A": b"a2"})  # materialisation: exactly the store's set
+    assert sorted(p.name for p in sd.path.iterdir() if not p.name.startswith(".")) == ["A", "load.sh"]
+
+
+def test_a_value_near_the_limit_keeps_a_valid_cache(sd: SecretsDir) -> None:
+    """The cache holds the whole folder: it may be larger than one variable."""
+    sd.replace_all({"BIG": b"'" * 100_000, "B": b"b"})  # each ' is 4 bytes quoted
+    assert sd.cache_problem() is None
+
+
+def test_the_python_loader_result_never_shows_values(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "API_KEY").write_bytes(b"canary-repr-5d1")
+    result = read_dir(d)
+    assert result.values == {"API_KEY": b"canary-repr-5d1"} and "canary-repr-5d1" not in repr(result)

@@ -63,9 +63,15 @@ def _open_store(data_dir: Path, url: str | None) -> Any:
     except OSError as exc:
         _fail(f"cannot use the data folder {data_dir}: {exc.strerror}")
     try:
-        return Store.open(target, keyring)
+        store = Store.open(target, keyring)
     except (SQLAlchemyError, OSError, RuntimeError) as exc:
         _fail(failure_message(exc, target))
+    try:
+        store.check_keys()  # a wrong key must not start: it would store new values nothing can read later
+    except KeyRingError as exc:
+        store.close()
+        _fail(f"encryption key: {exc}")
+    return store
 
 
 @click.command("serve")

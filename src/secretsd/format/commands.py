@@ -114,7 +114,8 @@ def guard_folder(folder: str, *, may_create: bool = False, must_exist: bool = Tr
     if names and LOADER_NAME not in names and DATA not in names:
         fail(
             f"{path} does not look like a secrets.d folder: it is not empty and has no {LOADER_NAME} or {DATA}; "
-            f"refusing to touch it. If it really is meant to be one, run `secretsd init --dir {folder}` first",
+            f"refusing to touch it. Point --dir at a secrets.d folder, or make a new one with "
+            f"`secretsd init --dir NEW_FOLDER` (init takes a folder over: mode 0700, the workspace owner)",
             EXIT_USAGE,
         )
 

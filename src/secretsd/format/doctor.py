@@ -6,7 +6,7 @@ import os
 import stat
 from dataclasses import asdict, dataclass
 
-from secretsd.format.rules import DIR_MODE, FILE_MODE, LOADER_NAME, env_string_size
+from secretsd.format.rules import DIR_MODE, FILE_MODE, LOADER_NAME, FormatError, env_string_size
 from secretsd.format.writer import (
     DATA,
     GEN_PREFIX,
@@ -99,7 +99,22 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
         if b"\r" in value:
             out.append(Finding("warning", "CARRIAGE_RETURN", f"{e.name}: value contains CR (it is part of the value)", e.name))
         if e.source == "file":
-            out.append(Finding("warning", "HAND_FILE", f"{e.name}: hand-made file, adopted at the next write", e.name))
+            try:
+                sd.rules.check_value(e.name, value)
+            except FormatError as exc:
+                out.append(Finding("error", "HAND_FILE_REFUSED", f"{e.name}: hand-made file the format refuses "
+                                   f"({exc.reason}): loaders differ on it, and every write stops until it is fixed "
+                                   "or removed", e.name))
+            else:
+                out.append(Finding("warning", "HAND_FILE", f"{e.name}: hand-made file, adopted at the next write", e.name))
+    listed = {e.name for e in entries}
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name in listed or not os.path.isfile(path) or os.path.islink(path) or not sd.rules.is_key_name(name):
+            continue
+        if os.path.getsize(path) > sd.rules.max_env_string:
+            out.append(Finding("error", "TOO_LARGE", f"{name}: hand-made file larger than "
+                               f"{sd.rules.max_env_string} bytes: loaders skip it; remove it or make it smaller", name))
     for name in sd.skipped_names():
         out.append(Finding("warning", "BAD_NAME", f"{name!r}: not a valid variable name or reserved; loaders skip it"))
     if total > sd.rules.total_budget:

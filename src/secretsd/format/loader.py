@@ -26,7 +26,7 @@ _DATA = "..data"
 
 @dataclass
 class LoadResult:
-    values: dict[str, bytes] = field(default_factory=dict)
+    values: dict[str, bytes] = field(default_factory=dict, repr=False)  # never in a log line
     warnings: list[str] = field(default_factory=list)
 
 

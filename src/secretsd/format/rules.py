@@ -57,8 +57,11 @@ LOADER_RESERVED: tuple[str, ...] = (
     "EPOCHREALTIME", "EPOCHSECONDS", "BASH", "BASH_*", "BASHPID", "KSH_*", "KSHUID", "KSHGID",
     "KSHEGID", "USER_ID", "PGRP", "YASH_*", "ZSH_*", "KEYBOARD_HACK", "TTYIDLE", "FUNCNEST",
     "TRY_BLOCK_ERROR", "TRY_BLOCK_INTERRUPT", "ERRNO", "signals", "POSH_*",
-    # mksh loads a missing command's function from a folder FPATH names.
-    "FPATH",
+    # mksh loads a missing command's function from a folder FPATH names;
+    # zsh's arrays tied to PATH-like variables (a scalar there stops zsh).
+    "FPATH", "path", "cdpath", "fpath", "manpath", "module_path", "mailpath", "psvar",
+    # bash skips commands EXECIGNORE matches; glibc's own loader/libc knobs.
+    "EXECIGNORE", "GLIBC_TUNABLES", "GCONV_PATH", "HOSTALIASES", "NLSPATH",
     # Change what the shells do next: POSIX mode, hooks that run code.
     "POSIXLY_CORRECT", "PROMPT_COMMAND", "COMMAND_NOT_FOUND_HANDLER", "ECHO_STYLE",
 )
@@ -125,7 +128,16 @@ class Rules:
         if not NAME_RE.fullmatch(name):
             raise FormatError(name, "invalid name: must match ^[A-Za-z_][A-Za-z0-9_]*$")
         if self.is_reserved(name):
-            raise FormatError(name, "reserved name: it changes how shells, the loader or the dynamic linker behave")
+            raise FormatError(name, "reserved name: a shell, the loader, libc or the dynamic linker treats it "
+                                    "specially (docs/format.md, Names)")
+
+    def is_key_name(self, name: str) -> bool:
+        """A name the rules accept as a variable (valid, not reserved)."""
+        try:
+            self.check_name(name)
+        except FormatError:
+            return False
+        return True
 
     def check_value(self, name: str, value: bytes) -> None:
         if b"\0" in value:

@@ -315,12 +315,14 @@ class SecretsDir:
         finally:
             os.close(fd)
 
-    def _read_file(self, dir_fd: int, name: str) -> bytes | None:
+    def _read_file(self, dir_fd: int, name: str, limit: int | None = None) -> bytes | None:
         """Bytes of a regular file, never through a link; None if unusable."""
-        return self._read_file_stat(dir_fd, name)[0]
+        return self._read_file_stat(dir_fd, name, limit)[0]
 
-    def _read_file_stat(self, dir_fd: int, name: str) -> tuple[bytes | None, os.stat_result | None]:
-        """``_read_file`` and the file's fstat, taken before reading."""
+    def _read_file_stat(self, dir_fd: int, name: str,
+                        limit: int | None = None) -> tuple[bytes | None, os.stat_result | None]:
+        """``_read_file`` and the file's fstat, taken before reading. ``limit``:
+        the largest size read (default: one variable's)."""
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
         except OSError:
@@ -329,8 +331,9 @@ class SecretsDir:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return None, None  # a fifo or device planted to hang or trick us
-            if st.st_size > self.rules.max_env_string:
-                self.warnings.append(f"{name}: larger than {self.rules.max_env_string} bytes, skipped")
+            limit = self.rules.max_env_string if limit is None else limit
+            if st.st_size > limit:
+                self.warnings.append(f"{name}: larger than {limit} bytes, skipped")
                 return None, None
             chunks = []
             while True:
@@ -440,6 +443,9 @@ class SecretsDir:
                 elif not ours:
                     os.unlink(name, dir_fd=fd)
                     done.append(f"removed foreign link {name}")
+                    if name in keys:  # a key's own link was hijacked: give the key its link back
+                        self._link(fd, name)
+                        done.append(f"restored link {name}")
         for key in sorted(keys):
             if key not in names:
                 self._link(fd, key)
@@ -702,6 +708,11 @@ class SecretsDir:
                 if not replace:
                     raise FormatError(key, f"hand-made file: {reason}; fix or remove it")
                 os.unlink(key, dir_fd=fd)  # the folder becomes exactly `update` anyway
+            if replace:  # also those too large to read at all
+                _, entries = self._scan(fd)
+                for key in self._hand_names(entries):
+                    if key not in hand and key not in refused and self._is_key(key):
+                        os.unlink(key, dir_fd=fd)
             if hand:
                 # Adopt hand-made files first, values unchanged, so that the
                 # real change below is one swap.
@@ -795,7 +806,8 @@ class SecretsDir:
     def _cache_problem(self, gfd: int, values: Mapping[str, bytes]) -> str | None:
         """Why load.sh would not take every value from the cache, or
         ``STALE_CACHE_USED`` when it would, but they differ from the files."""
-        data = self._read_file(gfd, loadcache.CACHE_NAME)
+        # The whole folder's values, quoted (a ' takes 4 bytes): over one variable's limit.
+        data = self._read_file(gfd, loadcache.CACHE_NAME, limit=4 * self.rules.total_budget + 65536)
         if data is None:
             try:
                 os.stat(loadcache.CACHE_NAME, dir_fd=gfd, follow_symlinks=False)

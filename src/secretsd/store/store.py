@@ -589,6 +589,23 @@ class Store:
                 done += 1
         return done
 
+    def check_keys(self) -> None:
+        """Decrypt one stored row per key version in use: raises KeyRingError
+        when the key ring is not the one the rows were written with (a
+        server started with a wrong key would otherwise store new values
+        under it, next to rows nothing can read any more)."""
+        kr = self.keyring
+        v, w = S.secret_versions, S.workspaces
+        with self._read() as c:
+            for kv in sorted(set(c.execute(select(v.c.key_version).distinct()).scalars())):
+                r = c.execute(select(v).where(v.c.key_version == kv).limit(1)).first()
+                if r is not None:
+                    kr.decrypt(r.blob, _aad(r.owner, r.name, r.version), r.key_version)
+            for kv in sorted(set(c.execute(select(w.c.key_version).distinct()).scalars())):
+                r = c.execute(select(w).where(w.c.key_version == kv).limit(1)).first()
+                if r is not None and r.env_blob is not None:
+                    kr.decrypt(r.env_blob, _env_aad(r.id), r.key_version)
+
     def key_versions_in_use(self) -> set[int]:
         with self._read() as c:
             a = set(c.execute(select(S.secret_versions.c.key_version).distinct()).scalars())

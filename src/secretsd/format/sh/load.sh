@@ -183,6 +183,8 @@ __secretsd_pass() {
             EPOCHREALTIME | EPOCHSECONDS | BASH | BASH_* | BASHPID | KSH_* | KSHUID | KSHGID | \
             KSHEGID | USER_ID | PGRP | YASH_* | ZSH_* | KEYBOARD_HACK | TTYIDLE | FUNCNEST | \
             TRY_BLOCK_ERROR | TRY_BLOCK_INTERRUPT | ERRNO | signals | POSH_* | FPATH | \
+            path | cdpath | fpath | manpath | module_path | mailpath | psvar | \
+            EXECIGNORE | GLIBC_TUNABLES | GCONV_PATH | HOSTALIASES | NLSPATH | \
             POSIXLY_CORRECT | PROMPT_COMMAND | COMMAND_NOT_FOUND_HANDLER | ECHO_STYLE)
                 __secretsd_warn "$__secretsd_n" 'reserved name'
                 continue ;;

@@ -173,3 +173,9 @@ def test_wrong_encryption_key_is_a_clear_503(env) -> None:
     r = env.client.post("/cp/admin/workspaces/w1/env/A/rollback", json={"version": 1})
     assert r.status_code == 503, r.text
     assert "wrong encryption key" in r.json()["error"] and "one" not in r.text
+
+
+def test_expected_versions_for_a_key_not_in_the_push_is_400(env: Env) -> None:
+    r = env.push("w1", {"A": "x"}, body={"expected_versions": {"B": 1}})
+    assert r.status_code == 400 and "B" in r.json()["error"], r.text
+    assert env.folder("w1") == {}

@@ -39,6 +39,9 @@ class EnvPush(_In):
                 raise ValueError('give "env": {...} or both "key" and "value"')
         elif not self.env:
             raise ValueError('"env" is empty')
+        extra = sorted(set(self.expected_versions or {}) - set(self.pairs()))
+        if extra:
+            raise ValueError(f'"expected_versions" names keys this push does not set: {", ".join(extra[:10])}')
         return self
 
     def pairs(self) -> dict[str, str]:

@@ -63,10 +63,12 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
             data = fh.read()
         if data != loader_source():
             # Sourced by entrypoints, often as root: any change matters.
+            have, ship = _loader_version(data), _loader_version(loader_source())
+            how = f"edited (it says version {have}, as shipped)" if have == ship else \
+                f"version {have}, this secretsd ships version {ship}"
             out.append(Finding(
                 "error", "LOADER_CHANGED",
-                f"{LOADER_NAME} (version {_loader_version(data)}) differs from the one this secretsd ships "
-                f"(version {_loader_version(loader_source())}); `secretsd repair` reinstalls it",
+                f"{LOADER_NAME} differs from the one this secretsd ships: {how}; `secretsd repair` reinstalls it",
             ))
     try:
         cache = sd.cache_problem()

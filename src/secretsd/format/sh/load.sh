@@ -46,7 +46,7 @@ if [ -z "${KSH_VERSION-}${POSH_VERSION-}${YASH_VERSION-}${ZSH_VERSION-}" ]; then
     esac
 fi
 # The effective uid, without a fork: the `Uid:` line of /proc/self/status
-# (real, effective, ...; not $EUID, which the environment can set in dash).
+# (real, effective, ...; not $EUID: bash keeps one it finds in the environment).
 # Empty when unknown: then only a cache we own is used (__secretsd_cached).
 __secretsd_euid=
 if [ -n "$__secretsd_fast" ]; then

@@ -228,3 +228,22 @@ def test_routes_are_not_rebuilt_per_request(env) -> None:
     finally:
         ctx.from_api_route = classmethod(original)
     assert calls["n"] == 0
+
+
+def test_the_budget_counts_the_create_time_environment(make_env) -> None:
+    """Snapshot + secrets are one process environment: together past the budget, every exec fails (E2BIG)."""
+    env = make_env()
+    big = "s" * 100_000
+    snapshot = {f"SNAP{i}": big for i in range(6)}  # ~600 KB of the 1 MiB budget
+    r = env.client.post("/cp/admin/workspaces", json={"id": "w1", "env": snapshot})
+    assert r.status_code == 201, r.text
+    r = env.push("w1", {f"S{i}": big for i in range(5)})  # ~500 KB: fits alone, not beside the snapshot
+    assert r.status_code == 413 and "create-time environment" in r.json()["error"], r.text
+    assert env.push("w1", {"S0": big}).status_code == 200  # what does fit still goes in
+    r = env.push(None, {f"G{i}": big for i in range(4)})  # a global push reaches w1 too
+    assert r.status_code == 413 and "workspace w1" in r.json()["error"], r.text
+    assert env.push(None, {"G0": big}).status_code == 200
+    # A new workspace whose snapshot cannot fit beside today's globals is refused up front.
+    r = env.client.post("/cp/admin/workspaces", json={"id": "w2", "env": {f"X{i}": big for i in range(10)}})
+    assert r.status_code == 413 and "create-time environment" in r.json()["error"], r.text
+    assert env.client.get("/cp/admin/workspaces/w2").status_code == 404

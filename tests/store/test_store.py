@@ -231,8 +231,9 @@ def test_fits_refuses_inside_the_transaction(store: Store) -> None:
     store.put("w1", {"A": b"1"}, actor="t")
     seen: list[dict[str, int]] = []
 
-    def fits(sizes: dict[str, int]) -> None:
+    def fits(owner: str, sizes: dict[str, int]) -> None:
         seen.append(sizes)
+        assert owner == "w1"
         raise ValueError("too big")
 
     with pytest.raises(ValueError):
@@ -248,7 +249,7 @@ def test_group_commit_refused_requests_leave_the_others(store: Store) -> None:
     store.put("w1", {"A": b"1"}, actor="t")
     store.put("w2", {"Z": b"9"}, actor="t")
 
-    def fits(sizes: dict[str, int]) -> None:
+    def fits(_owner: str, sizes: dict[str, int]) -> None:
         if "HUGE" in sizes:
             raise ValueError("too big")
 

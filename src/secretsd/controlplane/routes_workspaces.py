@@ -55,7 +55,9 @@ def _check_snapshot(env: dict[str, str]) -> None:
 @router.post(BASE, response_model=WorkspaceInfo, status_code=201, summary="Create (and provision) a workspace")
 def create_workspace(body: WorkspaceCreate, request: Request, cp: CP) -> Any:
     _check_snapshot(body.env)
+    cp.service.check_snapshot(body.env)
     ws = cp.store.create_workspace(body.id, body.template, body.env, actor=actor_of(request))
+    cp.service.forget_workspace(ws.id)
     try:
         cp.service.materialise(ws.id)
         materialised = True
@@ -78,6 +80,7 @@ def create_workspace(body: WorkspaceCreate, request: Request, cp: CP) -> Any:
 
 def _undo(cp: ControlPlane, ws_id: str, request: Request) -> None:
     cp.store.delete_workspace(ws_id, actor=actor_of(request))
+    cp.service.forget_workspace(ws_id)
     cp.host.remove(ws_id)
 
 
@@ -102,6 +105,7 @@ def delete_workspace(workspace_id: WsId, request: Request, cp: CP) -> WorkspaceI
                 raise
     with cp.service.lock(workspace_id):
         cp.store.delete_workspace(workspace_id, actor=actor_of(request))
+        cp.service.forget_workspace(workspace_id)
         cp.host.remove(workspace_id)
     return _info(cp, ws)
 

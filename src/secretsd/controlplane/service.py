@@ -124,7 +124,7 @@ class _GroupCommit:
         self._queue: list[list] = []  # [ws, requests, outcomes, error, done]
 
     def put_many(self, ws: str, requests: list[PutRequest],
-                 fits: Callable[[dict[str, int]], None]) -> list[Change | Exception]:
+                 fits: Callable[[str, dict[str, int]], None]) -> list[Change | Exception]:
         item: list = [ws, requests, None, None, False]
         with self._guard:
             self._queue.append(item)
@@ -159,6 +159,9 @@ class SecretsService:
         self._queues: dict[str, list[_Queued]] = {}
         self._queues_guard = threading.Lock()
         self._group = _GroupCommit(store)
+        # Bytes the create-time environment takes in the process's environment
+        # block: the folder's budget is what is left of the total beside it.
+        self._snapshot_bytes: dict[str, int] = {}
 
     def flush_pending(self) -> None:
         """Wait until satisfied pending marks are cleared (for exact reads of the marks)."""
@@ -181,29 +184,54 @@ class SecretsService:
             raise InvalidBatch(problems)
         return out
 
-    def _fits(self, sizes: dict[str, int]) -> None:
-        total = sum(env_string_size(k, b"") + n for k, n in sizes.items())
-        if total > self.rules.total_budget:
+    def snapshot_bytes(self, ws: str) -> int:
+        """What the workspace's create-time environment takes (NAME=value\\0 each); cached."""
+        size = self._snapshot_bytes.get(ws)
+        if size is None:
+            env = self.store.workspace_env(ws)
+            size = sum(env_string_size(k, v.encode()) for k, v in env.items())
+            self._snapshot_bytes[ws] = size
+        return size
+
+    def forget_workspace(self, ws: str) -> None:
+        """The workspace was created or deleted: its snapshot may differ now."""
+        self._snapshot_bytes.pop(ws, None)
+
+    def _over_budget(self, ws: str | None, folder: int) -> None:
+        """The folder plus the create-time environment must fit the budget: together
+        they are the agent's environment, and past it every exec fails (E2BIG)."""
+        snapshot = self._snapshot_bytes.get(ws, 0) if ws is not None else 0
+        if folder + snapshot > self.rules.total_budget:
+            where = f"workspace {ws}: " if ws is not None else ""
+            beside = f" beside its create-time environment's {snapshot}" if snapshot else ""
             raise InvalidBatch([FormatError(
-                "*", f"folder total {total} bytes would exceed the budget of {self.rules.total_budget} bytes",
-                too_large=True)])
+                "*", f"{where}folder total {folder} bytes{beside} would exceed the budget of "
+                f"{self.rules.total_budget} bytes", too_large=True)])
+
+    def check_snapshot(self, env: Mapping[str, str]) -> None:
+        """A new workspace's create-time environment and today's global secrets must fit together."""
+        snapshot = sum(env_string_size(k, v.encode()) for k, v in env.items())
+        folder = sum(env_string_size(m.name, b"\0" * m.size) for m in self.store.list_secrets(GLOBAL))
+        if folder + snapshot > self.rules.total_budget:
+            raise InvalidBatch([FormatError(
+                "*", f"create-time environment of {snapshot} bytes beside the global secrets' {folder} would "
+                f"exceed the budget of {self.rules.total_budget} bytes", too_large=True)])
+
+    def _fits(self, owner: str, sizes: dict[str, int]) -> None:
+        self._over_budget(owner, sum(env_string_size(k, b"") + n for k, n in sizes.items()))
 
     def check_budget(self, owner: str, values: Mapping[str, bytes]) -> None:
         """The folder(s) this change reaches must stay within the total budget."""
         targets = [owner] if owner != GLOBAL else self.store.workspace_ids()
         for ws in targets:
+            self.snapshot_bytes(ws)
             sizes = {m.name: env_string_size(m.name, b"\0" * m.size) for m in self.store.list_secrets(ws)}
             if owner == GLOBAL:
                 own = {m.name for m in self.store.list_secrets(ws, inherit=False)}
                 sizes.update({k: env_string_size(k, v) for k, v in values.items() if k not in own})
             else:
                 sizes.update({k: env_string_size(k, v) for k, v in values.items()})
-            total = sum(sizes.values())
-            if total > self.rules.total_budget:
-                where = f"workspace {ws}: " if owner == GLOBAL else ""
-                raise InvalidBatch([FormatError(
-                    "*", f"{where}folder total {total} bytes would exceed the budget of {self.rules.total_budget} bytes",
-                    too_large=True)])
+            self._over_budget(ws, sum(sizes.values()))
 
     # -- changes -------------------------------------------------------------
 
@@ -215,6 +243,7 @@ class SecretsService:
             self.check_budget(owner, values)
             change = self.store.put(GLOBAL, values, actor=actor, expected=expected, idempotency=idempotency)
             return self._fan_out(change)
+        self.snapshot_bytes(owner)  # for _fits, inside the commit (cached after the first push)
         # Group commit: queue the push; whoever holds the workspace lock next
         # commits every queued push in one transaction and one folder write.
         item = _Queued(PutRequest(values, actor, expected, idempotency))

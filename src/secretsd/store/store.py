@@ -244,14 +244,14 @@ class Store:
         expected: Mapping[str, int] | None = None,
         action: str = "set",
         idempotency: tuple[str, str, str, Callable[[Change], tuple[int, str]]] | None = None,
-        fits: Callable[[dict[str, int]], None] | None = None,
+        fits: Callable[[str, dict[str, int]], None] | None = None,
     ) -> Change:
         """Store a new version of every key, atomically.
 
         ``expected`` maps names to the version the caller last saw (0 = absent):
         any mismatch raises VersionConflict and nothing is stored.
         ``idempotency`` = (key, scope, request sha, answer(change) -> (status, body))
-        records the answer in the same transaction. ``fits`` gets the sizes of
+        records the answer in the same transaction. ``fits`` gets the owner and the sizes of
         the workspace's folder after the change ({name: value bytes}) and may
         raise to refuse it (a budget), inside the transaction.
         """
@@ -266,7 +266,7 @@ class Store:
         owner: str,
         requests: list[PutRequest],
         *,
-        fits: Callable[[dict[str, int]], None] | None = None,
+        fits: Callable[[str, dict[str, int]], None] | None = None,
     ) -> list[Change | Exception]:
         """Several independent puts to one owner in ONE transaction (group commit).
 
@@ -296,7 +296,7 @@ class Store:
         self,
         groups: list[tuple[str, list[PutRequest]]],
         *,
-        fits: Callable[[dict[str, int]], None] | None = None,
+        fits: Callable[[str, dict[str, int]], None] | None = None,
     ) -> list[list[Change | Exception]]:
         """``put_many`` for several owners in ONE transaction (group commit across workspaces).
 
@@ -332,7 +332,7 @@ class Store:
         expected: Mapping[str, int] | None,
         action: str,
         idempotency: tuple[str, str, str, Callable[[Change], tuple[int, str]]] | None,
-        fits: Callable[[dict[str, int]], None] | None = None,
+        fits: Callable[[str, dict[str, int]], None] | None = None,
         *,
         cur: Any = _NO_CURSOR,
     ) -> Change:
@@ -356,7 +356,7 @@ class Store:
             for r in sorted(rows, key=lambda r: r[0] != GLOBAL):
                 sizes[r[1]] = r[2]
             sizes.update({k: len(v) for k, v in values.items()})
-            fits(sizes)
+            fits(owner, sizes)
         now = self.clock()
         versions: dict[str, int] = {}
         new_rows, head_new, head_upd, prune, audit = [], [], [], [], []

@@ -46,6 +46,7 @@ class RecordingRuntime:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     seen: list[dict[str, bytes]] = field(default_factory=list)
     fail: Exception | None = None
+    stopped: set[str] = field(default_factory=set)  # status() says "stopped" for these
 
     def _rec(self, name: str, arg: Any, ws: str) -> None:
         if self.fail is not None:
@@ -68,7 +69,7 @@ class RecordingRuntime:
     def status(self, id: str) -> Any:
         from secretsd.runtime.base import WorkspaceStatus
 
-        return WorkspaceStatus(id=id, state="running")
+        return WorkspaceStatus(id=id, state="stopped" if id in self.stopped else "running")
 
     def remove(self, id: str) -> None:
         self.calls.append(("remove", id))

@@ -70,6 +70,20 @@ def test_push_with_restart_restarts_once_after_the_write(make_env: Callable[...,
     assert rt.seen[-1] == {"A": b"1", "B": b"2", "C": b"3"}
 
 
+def test_a_global_push_with_restart_restarts_the_running_workspaces_only(make_env: Callable[..., Env],
+                                                                          tmp_path) -> None:
+    rt = RecordingRuntime(tmp_path / "data")
+    env = make_env(runtime=rt, data=tmp_path / "data")
+    env.create("run", template="/t")
+    env.create("off", template="/t")
+    env.create("secrets-only")
+    rt.stopped.add("off")
+    r = env.push(None, {"G": "g"}, body={"restart": True})
+    assert r.status_code == 200 and r.json()["restarted"] is True, r.text
+    assert [c for c in rt.calls if c[0] == "restart"] == [("restart", ("run", "recreate"))]
+    assert all(env.folder(ws) == {"G": b"g"} for ws in ("run", "off", "secrets-only"))  # written everywhere
+
+
 def test_runtime_failures_are_mapped(make_env: Callable[..., Env], tmp_path) -> None:
     rt = RecordingRuntime(tmp_path / "data")
     env = make_env(runtime=rt, data=tmp_path / "data")

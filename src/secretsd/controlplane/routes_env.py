@@ -66,6 +66,19 @@ def _check_name(cp: ControlPlane, name: str, *, reserved_ok: bool = False) -> No
         raise ApiError(400, exc.reason, key=name) from None
 
 
+def _running_workspaces(cp: ControlPlane, workspaces: list[str]) -> list[str]:
+    """What a global push with ``"restart": true`` restarts: the workspaces this runtime runs
+    now. Secrets-only ones (no template) have nothing to restart; stopped ones stay stopped
+    (their next start materialises first)."""
+    out = []
+    for ws in workspaces:
+        if cp.store.get_workspace(ws).template is None:
+            continue
+        if str(runtime_hook.call(cp.runtime.status, ws).state) == "running":  # type: ignore[union-attr]
+            out.append(ws)
+    return out
+
+
 def _restart_all(cp: ControlPlane, workspaces: list[str], mode: str) -> None:
     for ws in workspaces:
         cp.service.materialise(ws)
@@ -112,8 +125,8 @@ def _finish(cp: ControlPlane, owner: str, keys: list[str], result: WriteResult, 
         res.failed_workspaces = sorted(result.failures)
         res.error = _failure_text(result.failures)
     elif body.restart:
-        targets = [owner] if owner != GLOBAL else result.change.workspaces
         try:
+            targets = [owner] if owner != GLOBAL else _running_workspaces(cp, result.change.workspaces)
             _restart_all(cp, targets, body.restart_mode)
             res.restarted = True
         except (ApiError, HostError) as exc:

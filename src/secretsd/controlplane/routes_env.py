@@ -24,7 +24,7 @@ from secretsd.controlplane.schemas import (
 )
 from secretsd.controlplane.service import WriteResult
 from secretsd.format.rules import FormatError, Rules
-from secretsd.store import GLOBAL, Change
+from secretsd.store import GLOBAL, Change, NotFound
 
 router = APIRouter(tags=["secrets"])
 
@@ -72,8 +72,11 @@ def _running_workspaces(cp: ControlPlane, workspaces: list[str]) -> list[str]:
     (their next start materialises first)."""
     out = []
     for ws in workspaces:
-        if cp.store.get_workspace(ws).template is None:
-            continue
+        try:
+            if cp.store.get_workspace(ws).template is None:
+                continue
+        except NotFound:
+            continue  # deleted since the push: nothing to restart
         if str(runtime_hook.call(cp.runtime.status, ws).state) == "running":  # type: ignore[union-attr]
             out.append(ws)
     return out

@@ -197,12 +197,10 @@ class SecretsService:
         """The workspace was created or deleted: its snapshot may differ now."""
         self._snapshot_bytes.pop(ws, None)
 
-    def _over_budget(self, ws: str | None, folder: int) -> None:
+    def _over_budget(self, where: str, folder: int, snapshot: int) -> None:
         """The folder plus the create-time environment must fit the budget: together
         they are the agent's environment, and past it every exec fails (E2BIG)."""
-        snapshot = self._snapshot_bytes.get(ws, 0) if ws is not None else 0
         if folder + snapshot > self.rules.total_budget:
-            where = f"workspace {ws}: " if ws is not None else ""
             beside = f" beside its create-time environment's {snapshot}" if snapshot else ""
             raise InvalidBatch([FormatError(
                 "*", f"{where}folder total {folder} bytes{beside} would exceed the budget of "
@@ -212,26 +210,24 @@ class SecretsService:
         """A new workspace's create-time environment and today's global secrets must fit together."""
         snapshot = sum(env_string_size(k, v.encode()) for k, v in env.items())
         folder = sum(env_string_size(m.name, b"\0" * m.size) for m in self.store.list_secrets(GLOBAL))
-        if folder + snapshot > self.rules.total_budget:
-            raise InvalidBatch([FormatError(
-                "*", f"create-time environment of {snapshot} bytes beside the global secrets' {folder} would "
-                f"exceed the budget of {self.rules.total_budget} bytes", too_large=True)])
+        self._over_budget("new workspace: ", folder, snapshot)
 
     def _fits(self, owner: str, sizes: dict[str, int]) -> None:
-        self._over_budget(owner, sum(env_string_size(k, b"") + n for k, n in sizes.items()))
+        # Inside the commit: push() has already cached the owner's snapshot size.
+        folder = sum(env_string_size(k, b"") + n for k, n in sizes.items())
+        self._over_budget("", folder, self._snapshot_bytes.get(owner, 0))
 
     def check_budget(self, owner: str, values: Mapping[str, bytes]) -> None:
         """The folder(s) this change reaches must stay within the total budget."""
         targets = [owner] if owner != GLOBAL else self.store.workspace_ids()
         for ws in targets:
-            self.snapshot_bytes(ws)
             sizes = {m.name: env_string_size(m.name, b"\0" * m.size) for m in self.store.list_secrets(ws)}
             if owner == GLOBAL:
                 own = {m.name for m in self.store.list_secrets(ws, inherit=False)}
                 sizes.update({k: env_string_size(k, v) for k, v in values.items() if k not in own})
             else:
                 sizes.update({k: env_string_size(k, v) for k, v in values.items()})
-            self._over_budget(ws, sum(sizes.values()))
+            self._over_budget(f"workspace {ws}: " if owner == GLOBAL else "", sum(sizes.values()), self.snapshot_bytes(ws))
 
     # -- changes -------------------------------------------------------------
 

@@ -109,14 +109,6 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
                                    "or removed", e.name))
             else:
                 out.append(Finding("warning", "HAND_FILE", f"{e.name}: hand-made file, adopted at the next write", e.name))
-    listed = {e.name for e in entries}
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name)
-        if name in listed or not os.path.isfile(path) or os.path.islink(path) or not sd.rules.is_key_name(name):
-            continue
-        if os.path.getsize(path) > sd.rules.max_env_string:
-            out.append(Finding("error", "TOO_LARGE", f"{name}: hand-made file larger than "
-                               f"{sd.rules.max_env_string} bytes: loaders skip it; remove it or make it smaller", name))
     for name in sd.skipped_names():
         out.append(Finding("warning", "BAD_NAME", f"{name!r}: not a valid variable name or reserved; loaders skip it"))
     if total > sd.rules.total_budget:
@@ -124,8 +116,13 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
     names = os.listdir(root)
     current = os.readlink(gen) if os.path.islink(gen) else None
     cur_seq = _gen_seq(current) if current else None
+    listed = {e.name for e in entries}
     for name in sorted(names):
         path = os.path.join(root, name)
+        if (name not in listed and not os.path.islink(path) and os.path.isfile(path) and sd.rules.is_key_name(name)
+                and os.path.getsize(path) > sd.rules.max_env_string):
+            out.append(Finding("error", "TOO_LARGE", f"{name}: hand-made file larger than "
+                               f"{sd.rules.max_env_string} bytes: loaders skip it; remove it or make it smaller", name))
         if os.path.islink(path) and not name.startswith("."):
             if os.readlink(path) != f"{DATA}/{name}":
                 out.append(Finding("warning", "FOREIGN_LINK", f"{name}: a link the writer did not make; loaders ignore it (run `secretsd repair`)", name))

@@ -370,13 +370,7 @@ class SecretsDir:
                 os.close(gfd)
 
     def _is_key(self, name: str) -> bool:
-        if is_ignored_silently(name):
-            return False
-        try:
-            self.rules.check_name(name)
-        except FormatError:
-            return False
-        return True
+        return not is_ignored_silently(name) and self.rules.is_key_name(name)
 
     def _values(self, dir_fd: int, names: Iterable[str]) -> dict[str, bytes]:
         values: dict[str, bytes] = {}
@@ -807,15 +801,15 @@ class SecretsDir:
         """Why load.sh would not take every value from the cache, or
         ``STALE_CACHE_USED`` when it would, but they differ from the files."""
         # The whole folder's values, quoted (a ' takes 4 bytes): over one variable's limit.
-        data = self._read_file(gfd, loadcache.CACHE_NAME, limit=4 * self.rules.total_budget + 65536)
-        if data is None:
+        data, st = self._read_file_stat(gfd, loadcache.CACHE_NAME, limit=4 * self.rules.total_budget + 65536)
+        if data is None or st is None:
             try:
                 os.stat(loadcache.CACHE_NAME, dir_fd=gfd, follow_symlinks=False)
             except FileNotFoundError:
                 return "missing"
             return "not a regular file (load.sh never sources a link)"
+        cached = st.st_mtime_ns
         try:
-            cached = os.stat(loadcache.CACHE_NAME, dir_fd=gfd, follow_symlinks=False).st_mtime_ns
             newer = sorted(n for n in values if os.stat(n, dir_fd=gfd, follow_symlinks=False).st_mtime_ns > cached)
             if os.fstat(gfd).st_mtime_ns > cached:
                 newer.append("the generation folder")

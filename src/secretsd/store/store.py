@@ -594,17 +594,16 @@ class Store:
         when the key ring is not the one the rows were written with (a
         server started with a wrong key would otherwise store new values
         under it, next to rows nothing can read any more)."""
-        kr = self.keyring
-        v, w = S.secret_versions, S.workspaces
+        kinds = [  # (table, its ciphertext, its AAD)
+            (S.secret_versions, lambda r: r.blob, lambda r: _aad(r.owner, r.name, r.version)),
+            (S.workspaces, lambda r: r.env_blob, lambda r: _env_aad(r.id)),
+        ]
         with self._read() as c:
-            for kv in sorted(set(c.execute(select(v.c.key_version).distinct()).scalars())):
-                r = c.execute(select(v).where(v.c.key_version == kv).limit(1)).first()
-                if r is not None:
-                    kr.decrypt(r.blob, _aad(r.owner, r.name, r.version), r.key_version)
-            for kv in sorted(set(c.execute(select(w.c.key_version).distinct()).scalars())):
-                r = c.execute(select(w).where(w.c.key_version == kv).limit(1)).first()
-                if r is not None and r.env_blob is not None:
-                    kr.decrypt(r.env_blob, _env_aad(r.id), r.key_version)
+            for table, blob, aad in kinds:
+                for kv in list(c.execute(select(table.c.key_version).distinct()).scalars()):
+                    r = c.execute(select(table).where(table.c.key_version == kv).limit(1)).one()
+                    if blob(r) is not None:
+                        self.keyring.decrypt(blob(r), aad(r), kv)
 
     def key_versions_in_use(self) -> set[int]:
         with self._read() as c:

@@ -22,6 +22,7 @@ from secretsd.controlplane.context import ControlPlane
 from secretsd.controlplane.errors import SafeJSONResponse
 from secretsd.controlplane.gate import Gate
 from secretsd.controlplane.hosts import HostTarget, LocalHost
+from secretsd.format.durability import BatchSync, SyncMode
 from secretsd.store.crypto import KeyRingError
 from secretsd.controlplane.metrics import Metrics
 from secretsd.controlplane.schemas import ErrorBody
@@ -57,7 +58,8 @@ class AppConfig:
     db_url: str | None = None
     admin_token: str | None = None  # default: SECRETSD_ADMIN_TOKEN or DATA/admin.token
     max_body: int = MAX_BODY
-    worker_threads: int = 8
+    worker_threads: int = 32
+    sync_mode: SyncMode = "auto"  # how batched folder writes share fsyncs (format.durability)
 
 
 def create_app(
@@ -74,18 +76,20 @@ def create_app(
     data_dir.chmod(0o700)
     if store is None:
         store = Store.open(config.db_url or default_url(data_dir), KeyRing.load(data_dir))
-    host = host or LocalHost(data_dir)
+    host = host or LocalHost(data_dir, sync=BatchSync(config.sync_mode))
     token = config.admin_token or load_admin_token(data_dir)[0]
     tokens = TokenCheck(token)
     service = SecretsService(store, host)
     metrics = Metrics(pending=lambda: (service.flush_pending(), store.pending_count())[1])
     service.on_write = metrics.writethrough.observe
+    service.on_batch = metrics.write_batch.observe
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Few worker threads: the blocking work is short and mostly serialised
-        # (one SQLite writer, one lock per workspace); 40 threads fighting for
-        # the GIL only stretch the time each lock is held.
+        # The pool bounds how many pushes one group commit can gather: the
+        # threads of a group wait on a lock while its leader commits and
+        # writes them all (they do not contend for the GIL), so 32 threads
+        # make groups of up to 32 workspaces (docs/api.md, "Benchmark").
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.worker_threads
         yield
 

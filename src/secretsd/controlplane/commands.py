@@ -89,10 +89,13 @@ def _open_store(data_dir: Path, url: str | None) -> Any:
 @click.option("--demo", is_flag=True, help="Also provision one workspace per template (needs the runtime).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-@click.option("--threads", "worker_threads", default=8, show_default=True, type=click.IntRange(1, 256),
+@click.option("--threads", "worker_threads", default=32, show_default=True, type=click.IntRange(1, 256),
               help="Worker threads for the blocking work (database, folder writes); see docs/operations.md.")
+@click.option("--sync", "sync_mode", type=click.Choice(["auto", "fsync"]), default="auto", show_default=True,
+              help="auto: folders written together share one syncfs per barrier where that is safe and cheap; "
+              "fsync: every folder fsyncs its own files (see docs/operations.md).")
 def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name: str, templates_dir: Path | None,
-          demo: bool, log_level: str, worker_threads: int) -> None:
+          demo: bool, log_level: str, worker_threads: int, sync_mode: str) -> None:
     """Run the control plane (FastAPI + uvicorn) with embedded defaults."""
     _no_core_dumps()
     from secretsd.store.dburl import BadDbUrl, given_url
@@ -125,7 +128,8 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
     if demo and runtime is None:
         click.echo("--demo: no workspace runtime, so no example workspaces; serving the API only", err=True)
     try:
-        app = create_app(AppConfig(data_dir=data_dir, db_url=url, admin_token=token, worker_threads=worker_threads), store=store, runtime=runtime)
+        app = create_app(AppConfig(data_dir=data_dir, db_url=url, admin_token=token, worker_threads=worker_threads,
+                                   sync_mode=sync_mode), store=store, runtime=runtime)
     except SQLAlchemyError as exc:
         from secretsd.store.dburl import failure_message
         from secretsd.store.engine import default_url

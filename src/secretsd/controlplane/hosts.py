@@ -3,7 +3,8 @@
 The routes and the service only see ``HostTarget``. ``LocalHost`` writes the
 folders in this machine's data directory; a remote host agent (the writer
 behind an authenticated API on another machine) implements the same four
-methods and plugs in unchanged.
+methods and plugs in unchanged, and may add ``apply_many``
+(``BatchHostTarget``) to take several workspaces' writes in one call.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from secretsd.format.rules import FormatError, Rules
+from secretsd.format.batch import FolderChange, apply_batch
+from secretsd.format.durability import BatchSync
+from secretsd.format.fshints import mark_topdir
+from secretsd.format.rules import FormatError, Rules, safe_key
 from secretsd.format.writer import DEFAULT_GRACE, LockTimeout, SecretsDir, SecretsDirError, WriteError
 
 #: errnos that mean "try again later" (503) rather than "this host is broken" (502).
@@ -35,7 +39,11 @@ class HostError(Exception):
         self.key = key
         self.transient = transient
         self.missing = missing  # the folder is gone: a batch alone would not restore the other keys
-        super().__init__(f"workspace {workspace}: {reason}")
+        super().__init__(f"workspace {workspace}: {f'{safe_key(key)}: ' if key else ''}{reason}")
+
+
+#: One workspace's write in a batch: (workspace, keys to set, keys to delete).
+Write = tuple[str, Mapping[str, bytes], Sequence[str]]
 
 
 @runtime_checkable
@@ -53,20 +61,32 @@ class HostTarget(Protocol):
         """Forget the workspace's host folder entirely."""
 
 
+@runtime_checkable
+class BatchHostTarget(HostTarget, Protocol):
+    """A host that can write many workspaces' folders at once, cheaper than one
+    by one (the service uses it when it has several pushes at hand)."""
+
+    def apply_many(self, writes: Sequence[Write]) -> list[Exception | None]:
+        """``apply`` for each write, in order: None when durable, a HostError when
+        that write failed, any other exception when it could not be tried."""
+
+
 class LocalHost:
     """``DATA/workspaces/<id>/configs/secrets.d`` on this machine, via the crash-safe writer."""
 
     def __init__(self, data_dir: Path, *, rules: Rules | None = None, lock_timeout: float = 30.0,
                  uid: int | None = None, gid: int | None = None, background_collect: bool = True,
-                 grace: float = DEFAULT_GRACE) -> None:
+                 grace: float = DEFAULT_GRACE, sync: BatchSync | None = None) -> None:
         self.base = Path(data_dir).resolve() / "workspaces"
         self.rules = rules or Rules()
         self.lock_timeout = lock_timeout
         self.uid, self.gid = uid, gid
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o711)
+        mark_topdir(self.base)  # a block group per workspace folder (format.fshints)
         self.grace = grace  # how long a superseded generation stays for readers still in it
         self._collector = _Collector(self, grace) if background_collect else None
+        self.sync = sync or BatchSync()  # how apply_many's folders share their fsyncs
 
     def configs_dir(self, workspace: str) -> Path:
         # Callers validate ids; this is a second line of defence.
@@ -93,11 +113,31 @@ class LocalHost:
 
     def apply(self, workspace: str, set: Mapping[str, bytes], delete: Iterable[str]) -> None:  # noqa: A002
         sd, started = self._writer(workspace)
-        if not os.path.lexists(os.path.join(sd.path, "..data")):
-            raise HostError(workspace, "the folder is missing: it needs a full rewrite", missing=True)
+        _check_present(workspace, sd)
         with _translated(workspace):
             sd.apply(set=set, delete=list(delete))
         self._wrote(workspace, sd, started)
+
+    def apply_many(self, writes: Sequence[Write]) -> list[Exception | None]:
+        """Every write at once, sharing two durability barriers (``format.batch``)."""
+        results: list[Exception | None] = [None] * len(writes)
+        todo: list[tuple[int, SecretsDir, float]] = []
+        for i, (ws, _set, _delete) in enumerate(writes):
+            try:
+                sd, started = self._writer(ws)
+                _check_present(ws, sd)
+            except HostError as exc:
+                results[i] = exc
+                continue
+            todo.append((i, sd, started))
+        done = apply_batch([FolderChange(sd, writes[i][1], list(writes[i][2])) for i, sd, _ in todo], self.sync)
+        for (i, sd, started), exc in zip(todo, done, strict=True):
+            ws = writes[i][0]
+            if exc is None:
+                self._wrote(ws, sd, started)
+            else:
+                results[i] = host_error(ws, exc) or exc
+        return results
 
     def replace_all(self, workspace: str, env: Mapping[str, bytes]) -> None:
         sd, started = self._writer(workspace)
@@ -224,6 +264,29 @@ class _Collector:
                         del self._writes[ws]
 
 
+def _check_present(workspace: str, sd: SecretsDir) -> None:
+    if not os.path.lexists(os.path.join(sd.path, "..data")):
+        raise HostError(workspace, "the folder is missing: it needs a full rewrite", missing=True)
+
+
+def host_error(ws: str, exc: BaseException) -> HostError | None:
+    """The writer's error as a HostError (names and reasons only), or None for anything else."""
+    if isinstance(exc, HostError):
+        return exc
+    if isinstance(exc, LockTimeout):
+        return HostError(ws, "the folder is locked by another writer", transient=True)
+    if isinstance(exc, WriteError):
+        return HostError(ws, exc.reason, key=exc.key, transient=exc.errno in _TRANSIENT)
+    if isinstance(exc, FormatError):
+        return HostError(ws, exc.reason, key=exc.key)
+    if isinstance(exc, SecretsDirError):
+        return HostError(ws, str(exc))
+    if isinstance(exc, OSError):
+        code = errno.errorcode.get(exc.errno or 0, "E?")
+        return HostError(ws, f"{os.strerror(exc.errno or 0)} ({code})", transient=exc.errno in _TRANSIENT)
+    return None
+
+
 class _translated:
     """Map the writer's errors to HostError; names and reasons only."""
 
@@ -234,18 +297,7 @@ class _translated:
         return None
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
-        if exc is None:
-            return False
-        ws = self.workspace
-        if isinstance(exc, LockTimeout):
-            raise HostError(ws, "the folder is locked by another writer", transient=True) from None
-        if isinstance(exc, WriteError):
-            raise HostError(ws, exc.reason, key=exc.key, transient=exc.errno in _TRANSIENT) from None
-        if isinstance(exc, FormatError):
-            raise HostError(ws, exc.reason, key=exc.key) from None
-        if isinstance(exc, SecretsDirError):
-            raise HostError(ws, str(exc)) from None
-        if isinstance(exc, OSError):
-            code = errno.errorcode.get(exc.errno or 0, "E?")
-            raise HostError(ws, f"{os.strerror(exc.errno or 0)} ({code})", transient=exc.errno in _TRANSIENT) from None
+        err = host_error(self.workspace, exc) if exc is not None else None
+        if err is not None:
+            raise err from None
         return False

@@ -25,6 +25,10 @@ class Metrics:
             "secretsd_writethrough_seconds", "Time to write a workspace folder durably.",
             buckets=_BUCKETS, registry=self.registry,
         )
+        self.write_batch = Histogram(
+            "secretsd_write_batch_folders", "Workspace folders written together by one group commit.",
+            buckets=(2, 4, 8, 16, 32, 64, 128), registry=self.registry,
+        )
         self.writethrough_failures = Counter(
             "secretsd_writethrough_failures_total", "Folder writes that failed (left pending).",
             registry=self.registry,

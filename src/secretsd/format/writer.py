@@ -257,15 +257,18 @@ class SecretsDir:
         return fd
 
     @contextmanager
-    def _locked(self, create: bool = True) -> Iterator[int]:
-        """Folder fd, exclusively locked (flock on the folder itself)."""
+    def _locked(self, create: bool = True, *, wait: bool = True) -> Iterator[int]:
+        """Folder fd, exclusively locked (flock on the folder itself).
+        ``wait=False``: LockTimeout at once if anyone holds it."""
+        timeout = self.lock_timeout if wait else 0.0
         tlock = _thread_lock(str(self.path))
-        if not tlock.acquire(timeout=self.lock_timeout):
+        got = tlock.acquire(timeout=timeout) if wait else tlock.acquire(blocking=False)
+        if not got:
             raise LockTimeout(f"{self.path}: another writer holds the lock")
         try:
             fd = self._open_dir(create)
             try:
-                deadline = time.monotonic() + self.lock_timeout
+                deadline = time.monotonic() + timeout
                 while True:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -298,7 +301,7 @@ class SecretsDir:
             # Unprivileged: can't chown to someone else; mode still fixed.
 
     def _write_file(self, dir_fd: int, name: str, data: bytes, mode: int, key: str | None,
-                    mtime_ns: int | None = None, uid: int | None = None) -> None:
+                    mtime_ns: int | None = None, uid: int | None = None, *, sync: bool = True) -> None:
         # O_EXCL|O_NOFOLLOW: we only ever write files we just created.
         fd = os.open(
             name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd
@@ -311,7 +314,8 @@ class SecretsDir:
                 view = view[n:]
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -523,7 +527,7 @@ class SecretsDir:
             os.chown(name, self.uid, self.gid, dir_fd=fd, follow_symlinks=False)
 
     def _commit(self, fd: int, old_gen: str | None, old_values: Mapping[str, bytes], new: Mapping[str, bytes]) -> None:
-        """Write ``new`` as the next generation and swap it in.
+        """Write ``new`` as the next generation and swap it in, durably.
 
         Order matters for readers and for crash recovery:
         1. the new generation folder is written and fsync'ed completely
@@ -531,13 +535,23 @@ class SecretsDir:
            already durable, so a one-key change costs one file fsync);
         2. links for added keys are created (dangling into the old set, so a
            reader of the old generation never sees them);
-        3. ``..data`` is swapped by one rename (the commit point);
+        3. ``..data`` is swapped by one rename (the commit point), fsync'ed;
         4. links of removed keys are deleted.
+
+        ``format.batch`` runs the same steps for many folders with the
+        fsyncs of 1 and 3 left to one barrier each for the whole batch.
         """
+        gen = self._write_generation(fd, old_gen, old_values, new)
+        self._publish(fd, gen, old_values, new)
+        self._finish(fd, gen, old_values, new)
+
+    def _write_generation(self, fd: int, old_gen: str | None, old_values: Mapping[str, bytes],
+                          new: Mapping[str, bytes], *, sync: bool = True) -> str:
+        """Step 1: the next generation folder, complete; its name. ``sync=False``:
+        nothing is fsync'ed (the caller's barrier must, before ``_publish``)."""
         _, entries = self._scan(fd)
         seqs = [s for e in entries if (s := _gen_seq(e.name)) is not None]
         gen = f"{GEN_PREFIX}{max(seqs, default=0) + 1:08d}"
-        old_keys = set(old_values)
         # The cache and the files written with it share one backdated time:
         # any later edit of a file makes it newer than the cache.
         stamp = loadcache.stamp_ns()
@@ -552,14 +566,16 @@ class SecretsDir:
                     if ofd is not None and old_values.get(key_now) == value and self._reusable(ofd, key_now, stamp):
                         os.link(key_now, key_now, src_dir_fd=ofd, dst_dir_fd=gfd, follow_symlinks=False)
                     else:
-                        self._write_file(gfd, key_now, value, FILE_MODE, key_now, stamp)
+                        self._write_file(gfd, key_now, value, FILE_MODE, key_now, stamp, sync=sync)
                 key_now = None
                 cache_mode, cache_uid = self._cache_owner()
-                self._write_file(gfd, loadcache.CACHE_NAME, loadcache.render(new), cache_mode, None, stamp, cache_uid)
+                self._write_file(gfd, loadcache.CACHE_NAME, loadcache.render(new), cache_mode, None, stamp, cache_uid,
+                                 sync=sync)
                 # The folder too: a file renamed, linked or added into it by
                 # hand later dates it after the cache (load.sh checks).
                 os.utime(gfd, ns=(stamp, stamp))
-                self._fsync_dir(gfd)
+                if sync:
+                    self._fsync_dir(gfd)
             finally:
                 os.close(gfd)
             # The folder entry itself becomes durable with the swap's fsync.
@@ -572,11 +588,18 @@ class SecretsDir:
         finally:
             if ofd is not None:
                 os.close(ofd)
-        added = [k for k in new if k not in old_keys]
+        return gen
+
+    def _publish(self, fd: int, gen: str, old_values: Mapping[str, bytes], new: Mapping[str, bytes], *,
+                 sync: bool = True) -> None:
+        """Steps 2 and 3: links for added keys, then the swap. On failure the
+        old set stays and ``gen`` is removed. ``sync=False``: the swap is not
+        fsync'ed (the caller's barrier must, before answering anyone)."""
+        added = [k for k in new if k not in old_values]
         try:
             for key in added:
                 self._link(fd, key)
-            self._swap(fd, gen)
+            self._swap(fd, gen, sync=sync)
         except BaseException:
             # Not committed: undo the links and the folder; old set stays.
             for key in added:
@@ -587,6 +610,10 @@ class SecretsDir:
                     pass
             self._remove(fd, gen)
             raise
+
+    def _finish(self, fd: int, gen: str, old_values: Mapping[str, bytes], new: Mapping[str, bytes]) -> None:
+        """Step 4, after the swap is durable: links and old copies of removed keys go."""
+        old_keys = set(old_values)
         for key in old_keys - set(new):
             try:
                 os.unlink(key, dir_fd=fd)
@@ -635,7 +662,7 @@ class SecretsDir:
             and st.st_mtime_ns <= stamp
         )
 
-    def _swap(self, fd: int, gen: str) -> None:
+    def _swap(self, fd: int, gen: str, *, sync: bool = True) -> None:
         try:
             os.unlink(DATA_TMP, dir_fd=fd)
         except FileNotFoundError:
@@ -646,7 +673,8 @@ class SecretsDir:
             os.rename(DATA_TMP, DATA, src_dir_fd=fd, dst_dir_fd=fd)  # the commit point
         except OSError as exc:
             raise _oserror(None, "swap generation", exc) from None
-        self._fsync_dir(fd)
+        if sync:
+            self._fsync_dir(fd)
 
     def _ensure_loader(self, fd: int) -> None:
         src = loader_source()
@@ -688,51 +716,73 @@ class SecretsDir:
         expected: Mapping[str, str | None] | None = None,
         missing_ok: bool = True,
     ) -> None:
+        update = self._checked(update)
+        with self._locked(create=True) as fd:
+            plan = self._plan(fd, update, delete, replace=replace, expected=expected, missing_ok=missing_ok)
+            if plan is not None:
+                self._commit(fd, *plan)
+                self._collect(fd, excess_only=not self.collect_on_write)
+
+    def _checked(self, update: Mapping[str, bytes] | None) -> dict[str, bytes]:
+        """The update, refused before any lock is taken if a pair breaks the rules."""
         update = dict(update or {})
-        delete = list(delete)
         problems = self.rules.problems(update)
         if problems:
             raise problems[0]
-        with self._locked(create=True) as fd:
-            self._recover(fd)
-            self._ensure_loader(fd)
+        return update
+
+    def _plan(
+        self,
+        fd: int,
+        update: Mapping[str, bytes],
+        delete: Iterable[str] = (),
+        *,
+        replace: bool = False,
+        expected: Mapping[str, str | None] | None = None,
+        missing_ok: bool = True,
+    ) -> tuple[str | None, dict[str, bytes], dict[str, bytes]] | None:
+        """Under the lock: recover, then what the change makes of the folder:
+        (current generation, its values, the new set), or None when the folder
+        already holds exactly that."""
+        delete = list(delete)
+        self._recover(fd)
+        self._ensure_loader(fd)
+        gen, gen_values, hand = self._current(fd)
+        hand, refused = self._split_hand(hand)
+        for key, reason in refused.items():
+            if not replace:
+                raise FormatError(key, f"hand-made file: {reason}; fix or remove it")
+            os.unlink(key, dir_fd=fd)  # the folder becomes exactly `update` anyway
+        if replace:  # also those too large to read at all
+            _, entries = self._scan(fd)
+            for key in self._hand_names(entries):
+                if key not in hand and key not in refused and self._is_key(key):
+                    os.unlink(key, dir_fd=fd)
+        if hand:
+            # Adopt hand-made files first, values unchanged, so that the
+            # real change below is one swap.
+            self._adopt(fd, gen, gen_values, hand)
             gen, gen_values, hand = self._current(fd)
-            hand, refused = self._split_hand(hand)
-            for key, reason in refused.items():
-                if not replace:
-                    raise FormatError(key, f"hand-made file: {reason}; fix or remove it")
-                os.unlink(key, dir_fd=fd)  # the folder becomes exactly `update` anyway
-            if replace:  # also those too large to read at all
-                _, entries = self._scan(fd)
-                for key in self._hand_names(entries):
-                    if key not in hand and key not in refused and self._is_key(key):
-                        os.unlink(key, dir_fd=fd)
-            if hand:
-                # Adopt hand-made files first, values unchanged, so that the
-                # real change below is one swap.
-                self._adopt(fd, gen, gen_values, hand)
-                gen, gen_values, hand = self._current(fd)
-            current = gen_values
-            for key, want in (expected or {}).items():
-                have = current.get(key)
-                have_fp = hashlib.sha256(have).hexdigest() if have is not None else None
-                if want is None and have_fp is None:
-                    continue
-                if want is None or have_fp is None or not have_fp.startswith(want.lower()):
-                    raise ConflictError(key, want, have_fp[:8] if have_fp else None)
-            if replace:
-                new = dict(update)
-            else:
-                for key in delete:
-                    if key not in current and not missing_ok:
-                        raise NotFound(key)
-                new = {k: v for k, v in current.items() if k not in set(delete)}
-                new.update(update)
-            self.rules.check_total(new)
-            if new == current and gen is not None and not self._drifted(fd, gen, current):
-                return  # nothing to do; still durable
-            self._commit(fd, gen, current, new)
-            self._collect(fd, excess_only=not self.collect_on_write)
+        current = gen_values
+        for key, want in (expected or {}).items():
+            have = current.get(key)
+            have_fp = hashlib.sha256(have).hexdigest() if have is not None else None
+            if want is None and have_fp is None:
+                continue
+            if want is None or have_fp is None or not have_fp.startswith(want.lower()):
+                raise ConflictError(key, want, have_fp[:8] if have_fp else None)
+        if replace:
+            new = dict(update)
+        else:
+            for key in delete:
+                if key not in current and not missing_ok:
+                    raise NotFound(key)
+            new = {k: v for k, v in current.items() if k not in set(delete)}
+            new.update(update)
+        self.rules.check_total(new)
+        if new == current and gen is not None and not self._drifted(fd, gen, current):
+            return None  # nothing to do; still durable
+        return gen, current, new
 
     def _split_hand(self, hand: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, str]]:
         """Hand-made files the rules accept, and {name: why} for the others

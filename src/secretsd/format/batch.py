@@ -1,0 +1,134 @@
+"""Many secrets.d folders written together: the writer's commit with shared barriers.
+
+``SecretsDir.apply`` makes one folder's change durable with its own fsyncs
+(about four journal commits). ``apply_batch`` runs the same steps for many
+folders at once, each step for every folder before the next step, so that
+the fsyncs of a step become one barrier for the whole batch
+(``format.durability``):
+
+1. every folder is locked, recovered and planned, and its next generation
+   written, without fsync;
+2. barrier: every new generation is durable (none is visible yet);
+3. every folder gets its links and its ``..data`` swap, without fsync;
+4. barrier: every swap is durable; only now is any change acknowledged;
+5. links of removed keys go, superseded generations are collected; locks
+   are released.
+
+A crash anywhere leaves each folder with its old generation or its new one,
+exactly as for a lone write: before 2 a new generation is an orphan that
+recovery removes; between 2 and 4 a swap either reached the disk, pointing
+at durable files, or did not. A folder whose barrier failed is reported
+failed (its new generation removed if not yet swapped), the others are not
+affected by its errors, and a folder another writer holds is written alone
+after the batch, never waited for while holding the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from secretsd.format.durability import BatchSync
+from secretsd.format.writer import LockTimeout, SecretsDir, WriteError
+
+
+@dataclass
+class FolderChange:
+    """One folder's part of a batch: what ``SecretsDir.apply(set, delete)`` would do."""
+
+    folder: SecretsDir
+    set: Mapping[str, bytes]
+    delete: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass
+class _Staged:
+    index: int
+    folder: SecretsDir
+    fd: int
+    old: Mapping[str, bytes]
+    new: Mapping[str, bytes]
+    gen: str = ""
+    deferred: bool = False
+
+
+def _barrier_failed(exc: OSError) -> WriteError:
+    return WriteError(None, f"cannot make the write durable: {exc.strerror or exc}", exc.errno)
+
+
+def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) -> list[Exception | None]:
+    """Apply every change; one result per change, in order: None when it is
+    durable, else the exception ``SecretsDir.apply`` would have raised.
+    Changes must name distinct folders."""
+    sync = sync or BatchSync()
+    results: list[Exception | None] = [None] * len(changes)
+    alone: list[int] = []
+    with ExitStack() as locks:
+        staged: list[_Staged] = []
+        for i, change in enumerate(changes):
+            sd = change.folder
+            try:
+                update = sd._checked(change.set)
+                fd = locks.enter_context(sd._locked(create=True, wait=False))
+            except LockTimeout:
+                alone.append(i)  # someone else holds it: written alone below, with the usual wait
+                continue
+            except Exception as exc:  # noqa: BLE001 - this folder's result; the others go on
+                results[i] = exc
+                continue
+            try:
+                plan = sd._plan(fd, update, change.delete)
+                if plan is None:
+                    continue  # already holds exactly that
+                gen, old, new = plan
+                s = _Staged(i, sd, fd, old, new, deferred=sync.defers(fd, len(changes)))
+                s.gen = sd._write_generation(fd, gen, old, new, sync=not s.deferred)
+                staged.append(s)
+            except Exception as exc:  # noqa: BLE001
+                results[i] = exc
+
+        # Barrier 1: every deferred generation durable before any swap points at it.
+        deferred = [s for s in staged if s.deferred]
+        try:
+            sync.barrier([s.fd for s in deferred])
+        except OSError as exc:
+            for s in deferred:
+                results[s.index] = _barrier_failed(exc)
+                try:
+                    s.folder._remove(s.fd, s.gen)
+                except OSError:
+                    pass  # an orphan newer than ..data: the folder's next recovery removes it
+            staged = [s for s in staged if not s.deferred]
+
+        published: list[_Staged] = []
+        for s in staged:
+            try:
+                s.folder._publish(s.fd, s.gen, s.old, s.new, sync=not s.deferred)
+                published.append(s)
+            except Exception as exc:  # noqa: BLE001
+                results[s.index] = exc
+
+        # Barrier 2: every swap durable before anyone is told.
+        try:
+            sync.barrier([s.fd for s in published if s.deferred])
+        except OSError as exc:
+            # Swapped, so readers see the new set, but it may not survive a
+            # crash: reported failed, and the caller rewrites it.
+            for s in published:
+                if s.deferred:
+                    results[s.index] = _barrier_failed(exc)
+
+        for s in published:
+            try:
+                s.folder._finish(s.fd, s.gen, s.old, s.new)
+                s.folder._collect(s.fd, excess_only=not s.folder.collect_on_write)
+            except Exception as exc:  # noqa: BLE001
+                results[s.index] = results[s.index] or exc
+
+    for i in alone:
+        try:
+            changes[i].folder.apply(changes[i].set, changes[i].delete)
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+    return results

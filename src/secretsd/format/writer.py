@@ -480,23 +480,30 @@ class SecretsDir:
         current = next((e for e in entries if e.name == gen), None)
         if current is None:  # ..data dangles (the folder is being deleted under us): collect nothing
             return []
+        if excess_only:  # the oldest over the cap go, whatever their age: nothing to stat
+            return self._remove_generations(fd, [e for _, e in old[: len(old) - MAX_OLD_GENERATIONS]])
         successors = [e for _, e in old[1:]] + [current]
-        removed = []
+        due = []
         for i, ((_, ent), succ) in enumerate(zip(old, successors, strict=True)):
             try:
                 since = now - succ.stat(follow_symlinks=False).st_ctime
             except FileNotFoundError:
                 since = self.grace + 1
-            too_many = len(old) - i > MAX_OLD_GENERATIONS
-            if (since > self.grace and not excess_only) or too_many:
-                try:
-                    self._remove(fd, ent.name)
-                except OSError as exc:
-                    # e.g. EBUSY from a file bind-mounted inside it: the
-                    # change is committed; collection retries next time.
-                    self.warnings.append(f"cannot collect {ent.name}: {os.strerror(exc.errno or 0)}")
-                    continue
-                removed.append(f"collected {ent.name}")
+            if since > self.grace or len(old) - i > MAX_OLD_GENERATIONS:
+                due.append(ent)
+        return self._remove_generations(fd, due)
+
+    def _remove_generations(self, fd: int, entries: list[os.DirEntry[str]]) -> list[str]:
+        removed = []
+        for ent in entries:
+            try:
+                self._remove(fd, ent.name)
+            except OSError as exc:
+                # e.g. EBUSY from a file bind-mounted inside it: the
+                # change is committed; collection retries next time.
+                self.warnings.append(f"cannot collect {ent.name}: {os.strerror(exc.errno or 0)}")
+                continue
+            removed.append(f"collected {ent.name}")
         return removed
 
     # ---------------------------------------------------------- the commit

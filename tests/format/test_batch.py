@@ -8,7 +8,6 @@ import errno
 import fcntl
 import os
 import random
-import signal
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from secretsd.format.loader import read_dir
 from secretsd.format.rules import FormatError
 from secretsd.format.writer import SecretsDir, WriteError
 
-from .test_writer import batch, leftovers, tag_of
+from .test_writer import batch, kill_9_after, leftovers, tag_of
 
 CAN_SYNCFS = kernel_reports_syncfs_errors() and durability._syncfs is not None
 
@@ -171,15 +170,7 @@ def test_kill_9_mid_batch_leaves_each_folder_old_or_new(tmp_path: Path, iteratio
     last = 3
     progress = 0
     for _ in range(iterations):
-        pid = os.fork()
-        if pid == 0:  # child: write batches until killed
-            try:
-                _batch_loop(paths, last)
-            finally:
-                os._exit(1)
-        time.sleep(rng.uniform(0, window))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        kill_9_after(rng.uniform(0, window), lambda: _batch_loop(paths, last))
         tags = [tag_of(read_dir(p).values) for p in paths]  # each folder: one complete batch, right now
         # Folders are written in order within a batch: each is at the batch before or the batch being written.
         assert max(tags) - min(tags) <= 1 and min(tags) >= last, tags

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,19 @@ def test_a_loader_remembered_as_good_is_still_checked(sd: SecretsDir, how: str) 
 # ------------------------------------------------------------- crash safety
 
 
+def kill_9_after(delay: float, work: Callable[[], None]) -> None:
+    """Run ``work`` in a forked child and SIGKILL it after ``delay`` seconds."""
+    pid = os.fork()
+    if pid == 0:  # child: works until killed
+        try:
+            work()
+        finally:
+            os._exit(1)
+    time.sleep(delay)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
 def _writer_loop(path: Path, start: int, grace: float = 0.0) -> None:
     s = SecretsDir(path, grace=grace)
     i = start
@@ -224,15 +238,7 @@ def test_kill_9_at_any_instant_leaves_old_or_new(tmp_path: Path, iterations: int
     last = 3
     seen_progress = 0
     for it in range(iterations):
-        pid = os.fork()
-        if pid == 0:  # child: write batches until killed
-            try:
-                _writer_loop(path, last)
-            finally:
-                os._exit(1)
-        time.sleep(rng.uniform(0, window))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        kill_9_after(rng.uniform(0, window), lambda: _writer_loop(path, last))
         before_recovery = read_dir(path).values  # what a loader sees right now
         now = tag_of(before_recovery)
         assert now >= last

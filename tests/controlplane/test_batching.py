@@ -107,3 +107,25 @@ def test_a_broken_batch_falls_back_to_one_write_per_folder_and_logs_no_value(
     logs = "\n".join(rec.getMessage() + (str(rec.exc_info) if rec.exc_info else "") for rec in caplog.records)
     assert "batched folder write failed (RuntimeError)" in logs
     assert canary not in logs
+
+
+def test_a_global_push_writes_the_workspaces_in_batches(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    wss = [f"g{i}" for i in range(5)]
+    for ws in wss:
+        env.create(ws)
+        assert env.push(ws, {"OWN": ws}).status_code == 200
+    base = env.data / "workspaces"
+    shutil.rmtree(base / "g1" / "configs" / "secrets.d")  # wiped: rewritten whole, alone
+    (base / "g3" / "configs" / "secrets.d" / "HAND").write_bytes(b"x\0y")  # refused: that folder fails alone
+    env.app.state.cp.service.fan_out_batch = 2  # chunks g0 g1 | g2 g3 | g4
+    r = env.push(None, {"G": "global"})
+    assert r.status_code == 502 and r.json()["persisted"] is False and r.json()["failed_workspaces"] == ["g3"]
+    for ws in ("g0", "g1", "g2", "g4"):
+        assert env.folder(ws) == {"OWN": ws.encode(), "G": b"global"}
+    metrics = env.client.get("/metrics").text
+    # Two batches of two (g1's missing folder is found in its batch and rewritten whole after it); g4 alone.
+    assert "secretsd_write_batch_folders_count 2.0" in metrics and "secretsd_write_batch_folders_sum 4.0" in metrics
+    (base / "g3" / "configs" / "secrets.d" / "HAND").unlink()
+    assert env.client.delete("/cp/admin/env/G").status_code == 200  # a batch again, all five folders
+    assert all(env.folder(ws) == {"OWN": ws.encode()} for ws in wss)

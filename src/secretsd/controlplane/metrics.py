@@ -26,7 +26,7 @@ class Metrics:
             buckets=_BUCKETS, registry=self.registry,
         )
         self.write_batch = Histogram(
-            "secretsd_write_batch_folders", "Workspace folders written together by one group commit.",
+            "secretsd_write_batch_folders", "Workspace folders written together in one batch (group commit, global change).",
             buckets=(2, 4, 8, 16, 32, 64, 128), registry=self.registry,
         )
         self.writethrough_failures = Counter(

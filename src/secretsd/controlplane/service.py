@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from secretsd.controlplane.hosts import HostError, HostTarget
@@ -312,29 +313,43 @@ class SecretsService:
             q.done = True
 
     def _write_groups(self, groups: list[_Group]) -> None:
-        """The group leader writes every group's folder in one batch (a host with
-        ``apply_many``). A folder this leaves unwritten (a lone push, a folder
-        that needs a full rewrite, an unexpected error) its owner writes itself."""
-        apply_many = getattr(self.host, "apply_many", None)
-        todo = []
+        """The group leader writes every group's folder in one batch. A folder this
+        leaves unwritten (a lone push, a folder that needs a full rewrite, an
+        unexpected error) its owner writes itself."""
+        todo = {}
         for g in groups:
             merged, upto = g.merged()
-            if merged and g.ws not in self._dirty:
-                todo.append((g, merged, upto))
-        if apply_many is None or len(todo) < 2:
-            return
+            if merged:
+                todo[g.ws] = (g, merged, upto)
+        done = self._batch_write([(ws, merged, [], sorted(merged), upto) for ws, (_, merged, upto) in todo.items()])
+        for ws, failure in done.items():
+            g = todo[ws][0]
+            g.written, g.failure = True, failure
+
+    def _batch_write(self, writes: list[tuple[str, dict[str, bytes], list[str], list[str], float]]
+                     ) -> dict[str, HostError | None]:
+        """``host.apply_many`` for (workspace, values, keys to delete, names, upto); the callers
+        hold the workspaces' locks. Returns {workspace: None (durable) or the HostError (left
+        pending)} for the folders it wrote; the others (a full rewrite due, a missing folder, an
+        unexpected error, a host without ``apply_many``, a batch of one) are the caller's to write."""
+        apply_many = getattr(self.host, "apply_many", None)
+        writes = [w for w in writes if w[0] not in self._dirty]
+        if apply_many is None or len(writes) < 2:
+            return {}
         t0 = time.perf_counter()
-        results = apply_many([(g.ws, merged, ()) for g, merged, _ in todo])
+        results = apply_many([(ws, values, gone) for ws, values, gone, _, _ in writes])
         took = time.perf_counter() - t0
-        self.on_batch(len(todo))
-        for (g, merged, upto), res in zip(todo, results, strict=True):
+        self.on_batch(len(writes))
+        done: dict[str, HostError | None] = {}
+        for (ws, _, _, names, upto), res in zip(writes, results, strict=True):
             if res is None:
-                g.written = True
+                done[ws] = None
                 self.on_write(took)
-                self._clearer.submit(g.ws, sorted(merged), upto)
+                self._clearer.submit(ws, names, upto)
             elif isinstance(res, HostError) and not res.missing:
-                g.written, g.failure = True, res
-                self._dirty.add(g.ws)
+                done[ws] = res
+                self._dirty.add(ws)
+        return done
 
     def delete(self, owner: str, name: str, *, actor: str) -> WriteResult:
         if owner == GLOBAL:
@@ -369,15 +384,37 @@ class SecretsService:
 
     # -- internals -----------------------------------------------------------
 
+    #: A global change is written to this many workspaces' folders per batch,
+    #: their locks held together (taken in sorted order) for the batch only.
+    fan_out_batch = 64
+
     def _fan_out(self, change: Change) -> WriteResult:
         failures: dict[str, HostError] = {}
         names = list(change.versions)
-        for ws in change.workspaces:
-            with self.lock(ws):
-                failure = self._write_locked(ws, names, change.at)
-            if failure:
-                failures[ws] = failure
+        wss = sorted(change.workspaces)
+        for i in range(0, len(wss), self.fan_out_batch):
+            chunk = wss[i:i + self.fan_out_batch]
+            with ExitStack() as locks:
+                for ws in chunk:
+                    locks.enter_context(self.lock(ws))
+                failures.update(self._write_many_locked(chunk, names, change.at))
         return WriteResult(change, failures)
+
+    def _write_many_locked(self, wss: list[str], names: list[str], upto: float) -> dict[str, HostError]:
+        """``_write_locked`` for several workspaces (the caller holds their locks), in one batch."""
+        writes = []
+        for ws in wss:
+            if ws not in self._dirty:
+                values = self._deliverable(ws, self.store.effective(ws, names))
+                writes.append((ws, values, [n for n in names if n not in values], names, upto))
+        done = self._batch_write(writes)
+        failures = {ws: f for ws, f in done.items() if f is not None}
+        for ws in wss:
+            if ws not in done:
+                failure = self._write_locked(ws, names, upto)
+                if failure:
+                    failures[ws] = failure
+        return failures
 
     def _write_locked(self, ws: str, names: list[str], upto: float,
                       known: Mapping[str, bytes] | None = None) -> HostError | None:

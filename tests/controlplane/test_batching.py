@@ -129,3 +129,32 @@ def test_a_global_push_writes_the_workspaces_in_batches(make_env: Callable[..., 
     (base / "g3" / "configs" / "secrets.d" / "HAND").unlink()
     assert env.client.delete("/cp/admin/env/G").status_code == 200  # a batch again, all five folders
     assert all(env.folder(ws) == {"OWN": ws.encode()} for ws in wss)
+
+
+def test_a_folder_held_by_another_writer_delays_only_its_own_push(make_env: Callable[..., Env]) -> None:
+    import fcntl
+
+    env = make_env()
+    for ws in ("a", "held", "b"):
+        env.create(ws)
+        assert env.push(ws, {"A": "0"}).status_code == 200
+    fd = os.open(env.data / "workspaces" / "held" / "configs" / "secrets.d", os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # e.g. `secretsd set` from a shell, or a stuck process
+    answered: dict[str, float] = {}
+    start = time.monotonic()
+    orig = env.push
+
+    def timed(ws, e, **kw):  # type: ignore[no-untyped-def]
+        r = orig(ws, e, **kw)
+        answered[ws] = time.monotonic() - start
+        return r
+
+    env.push = timed  # type: ignore[method-assign]
+    release = threading.Timer(1.5, lambda: os.close(fd))
+    release.start()
+    res = _grouped_pushes(env, {ws: {"A": f"1-{ws}"} for ws in ("a", "held", "b")})
+    release.join()
+    assert {ws: r.status_code for ws, r in res.items()} == {"a": 200, "held": 200, "b": 200}
+    assert answered["a"] < 1.2 and answered["b"] < 1.2, answered  # not held up by the stuck folder
+    assert answered["held"] >= 1.4, answered  # waited for the lock, alone
+    assert all(env.folder(ws) == {"A": f"1-{ws}".encode()} for ws in ("a", "held", "b"))

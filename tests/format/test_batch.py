@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from secretsd.format import durability
-from secretsd.format.batch import FolderChange, apply_batch
+from secretsd.format.batch import FolderBusy, FolderChange, apply_batch
 from secretsd.format.durability import BatchSync, fs_magic, kernel_reports_syncfs_errors
 from secretsd.format.loader import read_dir
 from secretsd.format.rules import FormatError
@@ -67,18 +67,24 @@ def test_a_bad_folder_fails_alone(tmp_path: Path) -> None:
     assert isinstance(res[0], FormatError) and res[0].key == "BAD"
 
 
-def test_a_folder_someone_else_holds_is_written_after_the_batch(tmp_path: Path) -> None:
+def test_a_folder_someone_else_holds_is_left_out_not_waited_for(tmp_path: Path) -> None:
     sds = _folders(tmp_path, 3)
     fd = os.open(sds[1].path, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # another process's writer (flock is per open file, so this blocks us too)
-    release = threading.Timer(0.3, lambda: os.close(fd))
-    release.start()
-    started = time.monotonic()
-    res = apply_batch([FolderChange(sd, {"K1": b"new"}) for sd in sds], BatchSync("syncfs"))
-    release.join()
-    assert res == [None] * 3
-    assert time.monotonic() - started >= 0.25  # waited for that folder, alone
-    assert all(read_dir(sd.path).values["K1"] == b"new" for sd in sds)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process's writer (flock is per open file, so this blocks us too)
+        started = time.monotonic()
+        res = apply_batch([FolderChange(sd, {"K1": b"new"}) for sd in sds], BatchSync("syncfs"))
+        assert time.monotonic() - started < sds[1].lock_timeout / 2  # did not wait for it
+        assert res[0] is None and res[2] is None and isinstance(res[1], FolderBusy)
+        assert read_dir(sds[1].path).values["K1"] == batch(0)["K1"]  # untouched
+        assert read_dir(sds[0].path).values["K1"] == read_dir(sds[2].path).values["K1"] == b"new"
+        release = threading.Timer(0.3, lambda: fcntl.flock(fd, fcntl.LOCK_UN))
+        release.start()
+        sds[1].apply({"K1": b"new"})  # the caller writes it alone, waiting for the lock
+        release.join()
+        assert read_dir(sds[1].path).values["K1"] == b"new"
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.skipif(not CAN_SYNCFS, reason="syncfs barriers need Linux >= 5.8")

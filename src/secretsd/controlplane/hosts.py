@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from secretsd.format.batch import FolderChange, apply_batch
+from secretsd.format.batch import FolderBusy, FolderChange, apply_batch
 from secretsd.format.durability import BatchSync
 from secretsd.format.fshints import mark_topdir
 from secretsd.format.rules import FormatError, Rules, safe_key
@@ -68,7 +68,8 @@ class BatchHostTarget(HostTarget, Protocol):
 
     def apply_many(self, writes: Sequence[Write]) -> list[Exception | None]:
         """``apply`` for each write, in order: None when durable, a HostError when
-        that write failed, any other exception when it could not be tried."""
+        that write failed, any other exception when it was not tried (e.g. the
+        folder was busy: the caller writes it with ``apply``)."""
 
 
 class LocalHost:
@@ -135,6 +136,8 @@ class LocalHost:
             ws = writes[i][0]
             if exc is None:
                 self._wrote(ws, sd, started)
+            elif isinstance(exc, FolderBusy):
+                results[i] = exc  # not tried: the caller writes it alone (apply waits for the lock)
             else:
                 results[i] = host_error(ws, exc) or exc
         return results

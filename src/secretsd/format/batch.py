@@ -19,8 +19,10 @@ exactly as for a lone write: before 2 a new generation is an orphan that
 recovery removes; between 2 and 4 a swap either reached the disk, pointing
 at durable files, or did not. A folder whose barrier failed is reported
 failed (its new generation removed if not yet swapped), the others are not
-affected by its errors, and a folder another writer holds is written alone
-after the batch, never waited for while holding the others.
+affected by its errors, and a folder another writer holds is not waited for
+while the others are held: its result is ``FolderBusy``, for the caller to
+write it alone (``SecretsDir.apply`` waits for the lock) once the batch is
+done, so one stuck folder delays only its own change.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from dataclasses import dataclass, field
 
 from secretsd.format.durability import BatchSync
 from secretsd.format.writer import LockTimeout, SecretsDir, WriteError
+
+
+class FolderBusy(LockTimeout):
+    """Another writer held the folder when the batch came to it: nothing was done; write it alone."""
 
 
 @dataclass
@@ -63,7 +69,6 @@ def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) 
     Changes must name distinct folders."""
     sync = sync or BatchSync()
     results: list[Exception | None] = [None] * len(changes)
-    alone: list[int] = []
     with ExitStack() as locks:
         staged: list[_Staged] = []
         for i, change in enumerate(changes):
@@ -72,7 +77,7 @@ def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) 
                 update = sd._checked(change.set)
                 fd = locks.enter_context(sd._locked(create=True, wait=False))
             except LockTimeout:
-                alone.append(i)  # someone else holds it: written alone below, with the usual wait
+                results[i] = FolderBusy(f"{sd.path}: another writer holds the lock")
                 continue
             except Exception as exc:  # noqa: BLE001 - this folder's result; the others go on
                 results[i] = exc
@@ -125,10 +130,4 @@ def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) 
                 s.folder._collect(s.fd, excess_only=not s.folder.collect_on_write)
             except Exception as exc:  # noqa: BLE001
                 results[s.index] = results[s.index] or exc
-
-    for i in alone:
-        try:
-            changes[i].folder.apply(changes[i].set, changes[i].delete)
-        except Exception as exc:  # noqa: BLE001
-            results[i] = exc
     return results

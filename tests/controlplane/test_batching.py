@@ -158,3 +158,26 @@ def test_a_folder_held_by_another_writer_delays_only_its_own_push(make_env: Call
     assert answered["a"] < 1.2 and answered["b"] < 1.2, answered  # not held up by the stuck folder
     assert answered["held"] >= 1.4, answered  # waited for the lock, alone
     assert all(env.folder(ws) == {"A": f"1-{ws}".encode()} for ws in ("a", "held", "b"))
+
+
+def test_a_global_push_waiting_for_a_held_folder_holds_up_no_other_workspace(make_env: Callable[..., Env]) -> None:
+    import fcntl
+
+    env = make_env()
+    for ws in ("a", "held", "b"):
+        env.create(ws)
+        assert env.push(ws, {"OWN": ws}).status_code == 200
+    fd = os.open(env.data / "workspaces" / "held" / "configs" / "secrets.d", os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    out: dict[str, httpx.Response] = {}
+    glob = threading.Thread(target=lambda: out.__setitem__("g", env.push(None, {"G": "g"})))
+    glob.start()
+    time.sleep(0.5)  # the global push has written a and b and now waits for "held"
+    t0 = time.monotonic()
+    assert env.push("a", {"OWN": "a2"}).status_code == 200
+    assert time.monotonic() - t0 < 1.0  # a's lock is not held while the global push waits for another folder
+    os.close(fd)
+    glob.join(30)
+    assert out["g"].status_code == 200
+    assert env.folder("a") == {"OWN": b"a2", "G": b"g"} and env.folder("held") == {"OWN": b"held", "G": b"g"}
+    assert env.folder("b") == {"OWN": b"b", "G": b"g"}

@@ -397,24 +397,23 @@ class SecretsService:
             with ExitStack() as locks:
                 for ws in chunk:
                     locks.enter_context(self.lock(ws))
-                failures.update(self._write_many_locked(chunk, names, change.at))
+                done = self._batch_write([self._fan_out_write(ws, names, change.at) for ws in chunk
+                                          if ws not in self._dirty])
+            failures.update({ws: f for ws, f in done.items() if f is not None})
+            # The rest (a full rewrite due, a missing or busy folder, an unexpected error) one by
+            # one, each under its own lock only: a stuck folder holds up no other workspace.
+            for ws in chunk:
+                if ws not in done:
+                    with self.lock(ws):
+                        failure = self._write_locked(ws, names, change.at)
+                    if failure:
+                        failures[ws] = failure
         return WriteResult(change, failures)
 
-    def _write_many_locked(self, wss: list[str], names: list[str], upto: float) -> dict[str, HostError]:
-        """``_write_locked`` for several workspaces (the caller holds their locks), in one batch."""
-        writes = []
-        for ws in wss:
-            if ws not in self._dirty:
-                values = self._deliverable(ws, self.store.effective(ws, names))
-                writes.append((ws, values, [n for n in names if n not in values], names, upto))
-        done = self._batch_write(writes)
-        failures = {ws: f for ws, f in done.items() if f is not None}
-        for ws in wss:
-            if ws not in done:
-                failure = self._write_locked(ws, names, upto)
-                if failure:
-                    failures[ws] = failure
-        return failures
+    def _fan_out_write(self, ws: str, names: list[str], upto: float
+                       ) -> tuple[str, dict[str, bytes], list[str], list[str], float]:
+        values = self._deliverable(ws, self.store.effective(ws, names))
+        return ws, values, [n for n in names if n not in values], names, upto
 
     def _write_locked(self, ws: str, names: list[str], upto: float,
                       known: Mapping[str, bytes] | None = None) -> HostError | None:

@@ -190,3 +190,29 @@ def test_kill_9_mid_batch_leaves_each_folder_old_or_new(tmp_path: Path, iteratio
             for sd in sds:
                 sd.replace_all(batch(last))
     assert progress > iterations // 10, "the writer was mostly killed before it wrote anything"
+
+
+def test_a_folder_wiped_mid_batch_is_reported_missing_not_recreated(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from secretsd.format.writer import FolderMissing
+
+    sds = _folders(tmp_path, 2)
+    real = SecretsDir._write_generation
+
+    def wipe_b_while_a_is_written(self, fd, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.path == sds[0].path:
+            shutil.rmtree(sds[1].path)  # an operator or a cleanup job, between the batch's folders
+        return real(self, fd, *args, **kwargs)
+
+    monkeypatch.setattr(SecretsDir, "_write_generation", wipe_b_while_a_is_written)
+    res = apply_batch([FolderChange(sd, {"K1": b"new"}, must_exist=True) for sd in sds])
+    assert res[0] is None and isinstance(res[1], FolderMissing)
+    assert not sds[1].path.exists()  # not re-created holding this batch's keys only: the caller rewrites it whole
+    sds[1].path.mkdir()
+    with pytest.raises(FolderMissing):  # a folder without a generation is as good as wiped
+        sds[1].apply({"K1": b"new"}, must_exist=True)
+    # Without must_exist (the CLI's `secretsd set`), a folder is created as before.
+    assert apply_batch([FolderChange(sds[1], {"K1": b"new"})]) == [None]
+    assert read_dir(sds[1].path).values == {"K1": b"new"}

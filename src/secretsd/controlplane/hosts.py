@@ -23,7 +23,7 @@ from secretsd.format.batch import FolderBusy, FolderChange, apply_batch
 from secretsd.format.durability import BatchSync
 from secretsd.format.fshints import mark_topdir
 from secretsd.format.rules import FormatError, Rules, safe_key
-from secretsd.format.writer import DEFAULT_GRACE, LockTimeout, SecretsDir, SecretsDirError, WriteError
+from secretsd.format.writer import DEFAULT_GRACE, FolderMissing, LockTimeout, SecretsDir, SecretsDirError, WriteError
 
 #: errnos that mean "try again later" (503) rather than "this host is broken" (502).
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EINTR, errno.ETIMEDOUT}
@@ -114,9 +114,8 @@ class LocalHost:
 
     def apply(self, workspace: str, set: Mapping[str, bytes], delete: Iterable[str]) -> None:  # noqa: A002
         sd, started = self._writer(workspace)
-        _check_present(workspace, sd)
         with _translated(workspace):
-            sd.apply(set=set, delete=list(delete))
+            sd.apply(set=set, delete=list(delete), must_exist=True)  # a wiped folder: HostError(missing)
         self._wrote(workspace, sd, started)
 
     def apply_many(self, writes: Sequence[Write]) -> list[Exception | None]:
@@ -126,12 +125,12 @@ class LocalHost:
         for i, (ws, _set, _delete) in enumerate(writes):
             try:
                 sd, started = self._writer(ws)
-                _check_present(ws, sd)
             except HostError as exc:
                 results[i] = exc
                 continue
             todo.append((i, sd, started))
-        done = apply_batch([FolderChange(sd, writes[i][1], list(writes[i][2])) for i, sd, _ in todo], self.sync)
+        done = apply_batch([FolderChange(sd, writes[i][1], list(writes[i][2]), must_exist=True)
+                            for i, sd, _ in todo], self.sync)
         for (i, sd, started), exc in zip(todo, done, strict=True):
             ws = writes[i][0]
             if exc is None:
@@ -267,15 +266,12 @@ class _Collector:
                         del self._writes[ws]
 
 
-def _check_present(workspace: str, sd: SecretsDir) -> None:
-    if not os.path.lexists(os.path.join(sd.path, "..data")):
-        raise HostError(workspace, "the folder is missing: it needs a full rewrite", missing=True)
-
-
 def host_error(ws: str, exc: BaseException) -> HostError | None:
     """The writer's error as a HostError (names and reasons only), or None for anything else."""
     if isinstance(exc, HostError):
         return exc
+    if isinstance(exc, FolderMissing):
+        return HostError(ws, "the folder is missing: it needs a full rewrite", missing=True)
     if isinstance(exc, LockTimeout):
         return HostError(ws, "the folder is locked by another writer", transient=True)
     if isinstance(exc, WriteError):

@@ -46,6 +46,7 @@ class FolderChange:
     folder: SecretsDir
     set: Mapping[str, bytes]
     delete: Sequence[str] = field(default_factory=tuple)
+    must_exist: bool = False  # as for SecretsDir.apply: FolderMissing rather than re-create it
 
 
 @dataclass
@@ -75,7 +76,9 @@ def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) 
             sd = change.folder
             try:
                 update = sd._checked(change.set)
-                fd = locks.enter_context(sd._locked(create=True, wait=False))
+                fd = locks.enter_context(sd._locked(create=not change.must_exist, wait=False))
+                if change.must_exist:
+                    sd._check_exists(fd)
             except LockTimeout:
                 results[i] = FolderBusy(f"{sd.path}: another writer holds the lock")
                 continue

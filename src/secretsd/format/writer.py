@@ -722,13 +722,24 @@ class SecretsDir:
         replace: bool = False,
         expected: Mapping[str, str | None] | None = None,
         missing_ok: bool = True,
+        must_exist: bool = False,
     ) -> None:
         update = self._checked(update)
-        with self._locked(create=True) as fd:
+        with self._locked(create=not must_exist) as fd:
+            if must_exist:
+                self._check_exists(fd)
             plan = self._plan(fd, update, delete, replace=replace, expected=expected, missing_ok=missing_ok)
             if plan is not None:
                 self._commit(fd, *plan)
                 self._collect(fd, excess_only=not self.collect_on_write)
+
+    def _check_exists(self, fd: int) -> None:
+        """FolderMissing unless the folder has a generation (checked under the lock: a
+        folder wiped meanwhile must be rewritten whole, not re-created with one batch)."""
+        try:
+            os.readlink(DATA, dir_fd=fd)
+        except OSError:
+            raise FolderMissing(f"{self.path}: no generation (the folder was wiped): it needs a full rewrite") from None
 
     def _checked(self, update: Mapping[str, bytes] | None) -> dict[str, bytes]:
         """The update, refused before any lock is taken if a pair breaks the rules."""
@@ -913,9 +924,12 @@ class SecretsDir:
         delete: Iterable[str] = (),
         *,
         expected: Mapping[str, str | None] | None = None,
+        must_exist: bool = False,
     ) -> None:
-        """All-or-nothing batch. Deleting an absent key is not an error here."""
-        self._change(set, delete, expected=expected)
+        """All-or-nothing batch. Deleting an absent key is not an error here.
+        ``must_exist``: FolderMissing instead of creating a folder that is gone or
+        has no generation (a caller that can rewrite it whole should)."""
+        self._change(set, delete, expected=expected, must_exist=must_exist)
 
     def replace_all(self, env: Mapping[str, bytes]) -> None:
         """Make the folder hold exactly ``env`` (materialisation from a store)."""

@@ -47,7 +47,6 @@ def test_one_group_writes_every_folder_with_shared_barriers(make_env: Callable[.
         env.create(ws)
         assert env.push(ws, {"A": "0"}).status_code == 200
     host = env.app.state.cp.host
-    host.sync.min_batch = 2
     barriers = host.sync.barriers
     res = _grouped_pushes(env, {ws: {"A": f"new-{ws}", "B": ws} for ws in wss})
     assert {ws: r.status_code for ws, r in res.items()} == dict.fromkeys(wss, 200)

@@ -89,7 +89,7 @@ def create_app(
         # The pool bounds how many pushes one group commit can gather: the
         # threads of a group wait on a lock while its leader commits and
         # writes them all (they do not contend for the GIL), so 32 threads
-        # make groups of up to 32 workspaces (docs/api.md, "Benchmark").
+        # make groups of up to 32 workspaces (docs/api.md, "Performance").
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.worker_threads
         yield
 

@@ -795,7 +795,8 @@ class SecretsDir:
             for key in delete:
                 if key not in current and not missing_ok:
                     raise NotFound(key)
-            new = {k: v for k, v in current.items() if k not in set(delete)}
+            gone = set(delete)
+            new = {k: v for k, v in current.items() if k not in gone}
             new.update(update)
         self.rules.check_total(new)
         if new == current and gen is not None and not self._drifted(fd, gen, current):

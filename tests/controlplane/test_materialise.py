@@ -286,3 +286,28 @@ def test_a_stored_key_that_became_reserved_is_left_out_not_blocking(make_env: Ca
     assert env.client.get("/cp/admin/workspaces/w1/env/COLUMNS/versions").status_code == 200
     assert env.client.delete("/cp/admin/workspaces/w1/env/COLUMNS").status_code == 200
     assert env.folder("w1") == {"A": b"1", "B": b"2"}
+
+
+def test_generations_over_the_cap_leave_through_the_trash(tmp_path) -> None:
+    """LocalHost renames superseded generations into DATA/trash (one rename under the folder lock) and empties it
+    in a thread of its own; a trash left by a stopped server is emptied at the next start."""
+    from secretsd.format.writer import MAX_OLD_GENERATIONS
+
+    host = LocalHost(tmp_path / "data")  # default grace: only the cap removes generations here
+    trash = tmp_path / "data" / "trash"
+    assert oct(trash.stat().st_mode & 0o777) == "0o700"
+    host.replace_all("w", {"A": b"0"})
+    for i in range(MAX_OLD_GENERATIONS + 8):
+        host.apply("w", {"A": f"cAnArY-{i}".encode()}, [])
+    assert host.apply_many([("w", {"A": b"last"}, ())]) == [None]
+    assert len(_generations(host, "w")) == MAX_OLD_GENERATIONS + 1
+    assert host._trash is not None and host._trash.wait_empty()
+    assert os.listdir(trash) == []
+    assert host.secrets_dir("w").read_all() == {"A": b"last"}
+
+    leftover = trash / "..gen-00000001.00000000deadbeef"
+    leftover.mkdir()
+    (leftover / "A").write_bytes(b"old")
+    again = LocalHost(tmp_path / "data")
+    assert again._trash is not None and again._trash.wait_empty()
+    assert os.listdir(trash) == []

@@ -10,6 +10,7 @@ methods and plugs in unchanged, and may add ``apply_many``
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import threading
@@ -23,7 +24,17 @@ from secretsd.format.batch import FolderBusy, FolderChange, apply_batch
 from secretsd.format.durability import BatchSync
 from secretsd.format.fshints import mark_topdir
 from secretsd.format.rules import FormatError, Rules, safe_key
-from secretsd.format.writer import DEFAULT_GRACE, FolderMissing, LockTimeout, SecretsDir, SecretsDirError, WriteError
+from secretsd.format.writer import (
+    DEFAULT_GRACE,
+    FolderMissing,
+    LockTimeout,
+    SecretsDir,
+    SecretsDirError,
+    WriteError,
+    empty_trash,
+)
+
+_log = logging.getLogger("secretsd.controlplane")
 
 #: errnos that mean "try again later" (503) rather than "this host is broken" (502).
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EINTR, errno.ETIMEDOUT}
@@ -87,6 +98,9 @@ class LocalHost:
         mark_topdir(self.base)  # a block group per workspace folder (format.fshints)
         self.grace = grace  # how long a superseded generation stays for readers still in it
         self._collector = _Collector(self, grace) if background_collect else None
+        # Superseded generations leave the folders by rename and are removed
+        # here, off every lock and every push's latency (writer: SecretsDir(trash=)).
+        self._trash = _Trash(Path(data_dir).resolve() / "trash") if background_collect else None
         self.sync = sync or BatchSync()  # how apply_many's folders share their fsyncs
 
     def configs_dir(self, workspace: str) -> Path:
@@ -99,7 +113,7 @@ class LocalHost:
         return SecretsDir(
             self.configs_dir(workspace) / "secrets.d", base=self.base, uid=self.uid, gid=self.gid,
             rules=self.rules, lock_timeout=self.lock_timeout, grace=self.grace,
-            collect_on_write=collect_on_write,
+            collect_on_write=collect_on_write, trash=self._trash.path if self._trash else None,
         )
 
     def _writer(self, workspace: str) -> tuple[SecretsDir, float]:
@@ -111,6 +125,11 @@ class LocalHost:
     def _wrote(self, workspace: str, sd: SecretsDir, started: float) -> None:
         if self._collector is not None:
             self._collector.superseded(workspace, collected_at=started if sd.collect_on_write else None)
+        self._trashed(sd)
+
+    def _trashed(self, sd: SecretsDir) -> None:
+        if sd.trashed and self._trash is not None:
+            self._trash.kick()
 
     def apply(self, workspace: str, set: Mapping[str, bytes], delete: Iterable[str]) -> None:  # noqa: A002
         sd, started = self._writer(workspace)
@@ -253,6 +272,7 @@ class _Collector:
                     sd = self.host._dir(ws)
                     sd.collect()
                     failed = bool(sd.warnings)  # e.g. EBUSY on a generation
+                    self.host._trashed(sd)
                 except Exception:  # noqa: BLE001 - gone, locked, EBUSY: the next write collects inline
                     failed = True
                 with self._cv:
@@ -264,6 +284,57 @@ class _Collector:
                     self._drop(times, started)
                     if not times:
                         del self._writes[ws]
+
+
+class _Trash:
+    """Empties ``DATA/trash`` in a thread of its own: the generations writers moved there.
+
+    ``DATA/trash`` (0700) is outside every workspace's view and on the same
+    filesystem as the folders (else the writer removes in place). A kick
+    starts the thread if none runs; it empties the trash until no kick came
+    during a pass, then ends. Leftovers of a stopped server go at the first
+    kick after a restart (the constructor gives one).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+        self._lock = threading.Lock()
+        self._again = False
+        self._thread: threading.Thread | None = None
+        self.kick()
+
+    def kick(self) -> None:
+        with self._lock:
+            self._again = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="secretsd-trash", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._again:
+                    self._thread = None
+                    return
+                self._again = False
+            try:
+                warnings = empty_trash(self.path)
+            except OSError as exc:  # the trash itself unusable: writers then remove in place
+                warnings = [f"cannot empty {self.path}: {os.strerror(exc.errno or 0)}"]
+            for w in warnings:
+                _log.warning("%s", w)  # generation names only, never a value
+
+    def wait_empty(self, timeout: float = 10.0) -> bool:
+        """For tests and tools: True once no pass runs or is due."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._thread is None:
+                    return True
+            time.sleep(0.005)
+        return False
 
 
 def host_error(ws: str, exc: BaseException) -> HostError | None:

@@ -32,7 +32,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from secretsd.format.durability import BatchSync
-from secretsd.format.writer import LockTimeout, SecretsDir, WriteError
+from secretsd.format.writer import LockTimeout, SecretsDir, WriteError, _Plan
 
 
 class FolderBusy(LockTimeout):
@@ -54,8 +54,7 @@ class _Staged:
     index: int
     folder: SecretsDir
     fd: int
-    old: Mapping[str, bytes]
-    new: Mapping[str, bytes]
+    plan: _Plan
     gen: str = ""
     deferred: bool = False
 
@@ -89,9 +88,8 @@ def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) 
                 plan = sd._plan(fd, update, change.delete)
                 if plan is None:
                     continue  # already holds exactly that
-                gen, old, new = plan
-                s = _Staged(i, sd, fd, old, new, deferred=sync.defers(fd, len(changes)))
-                s.gen = sd._write_generation(fd, gen, old, new, sync=not s.deferred)
+                s = _Staged(i, sd, fd, plan, deferred=sync.defers(fd, len(changes)))
+                s.gen = sd._write_generation(fd, plan.gen, plan.old, plan.new, sync=not s.deferred, gens=plan.gens)
                 staged.append(s)
             except Exception as exc:  # noqa: BLE001
                 results[i] = exc
@@ -112,7 +110,7 @@ def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) 
         published: list[_Staged] = []
         for s in staged:
             try:
-                s.folder._publish(s.fd, s.gen, s.old, s.new, sync=not s.deferred)
+                s.folder._publish(s.fd, s.gen, s.plan.old, s.plan.new, sync=not s.deferred)
                 published.append(s)
             except Exception as exc:  # noqa: BLE001
                 results[s.index] = exc
@@ -129,8 +127,8 @@ def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) 
 
         for s in published:
             try:
-                s.folder._finish(s.fd, s.gen, s.old, s.new)
-                s.folder._collect(s.fd, excess_only=not s.folder.collect_on_write)
+                s.folder._finish(s.fd, s.gen, s.plan.old, s.plan.new)
+                s.folder._collect(s.fd, excess_only=not s.folder.collect_on_write, gens=s.plan.after(s.gen))
             except Exception as exc:  # noqa: BLE001
                 results[s.index] = results[s.index] or exc
     return results

@@ -186,6 +186,19 @@ def test_serve_uses_env_token_and_restarts_on_same_data(tmp_path: Path) -> None:
     finally:
         stop_server(s2)
     assert "--demo: no workspace runtime" in s2.log.read_text()
+    assert "shorter than" not in s2.log.read_text()  # 36 characters
+
+
+def test_serve_warns_about_a_short_env_token_without_printing_it(tmp_path: Path) -> None:
+    token = "cAnArY-short"
+    s = start_server(tmp_path / "data", extra_env={"SECRETSD_ADMIN_TOKEN": token})
+    try:
+        with s.client() as c:
+            assert c.get("/cp/admin/workspaces").status_code == 200  # a warning, not a refusal
+    finally:
+        stop_server(s)
+    log = s.log.read_text()
+    assert "$SECRETSD_ADMIN_TOKEN is shorter than 32 characters" in log and token not in log
 
 
 def test_group_commit_refuses_only_the_bad_pushes(server: Server) -> None:

@@ -138,6 +138,10 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
     where = f"in {token_file.resolve()} (0600)" if token_file else f"from ${TOKEN_ENV}"
     # Say where the token is, never the token itself.
     click.echo(f"secretsd control plane on http://{host}:{port}  admin token: {where}", err=True)
+    if token_file is None and len(token) < MIN_TOKEN_CHARS:
+        # Its length only, never the token.
+        click.echo(f"warning: ${TOKEN_ENV} is shorter than {MIN_TOKEN_CHARS} characters: anyone who can reach "
+                   f"this port may guess it (use e.g. `openssl rand -base64 32`)", err=True)
     if demo and runtime is not None:
         from secretsd.acceptance import examples  # an API client: it does not import the control plane
 
@@ -150,5 +154,8 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; a clean stop exits 0, as uvicorn.run does
 
+
+#: Shorter admin tokens from the environment get a warning (the generated one has 43).
+MIN_TOKEN_CHARS = 32
 
 commands = [serve]

@@ -7,7 +7,9 @@ import os
 import shutil
 from collections.abc import Callable
 
+import pytest
 
+import secretsd.controlplane.hosts as hosts_mod
 from secretsd.controlplane.hosts import LocalHost
 from secretsd.runtime.base import WorkspaceStartFailed
 
@@ -311,3 +313,55 @@ def test_generations_over_the_cap_leave_through_the_trash(tmp_path) -> None:
     again = LocalHost(tmp_path / "data")
     assert again._trash is not None and again._trash.wait_empty()
     assert os.listdir(trash) == []
+
+
+@pytest.mark.parametrize("kind", ["link to a folder", "file", "dangling link"])
+def test_a_trash_that_is_not_a_real_folder_is_never_used(tmp_path, caplog, kind: str) -> None:
+    """DATA/trash replaced by a link or a file: the server starts, touches nothing behind it, and removes
+    generations in place."""
+    import logging
+
+    from secretsd.format.writer import MAX_OLD_GENERATIONS
+
+    data = tmp_path / "data"
+    data.mkdir()
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "important.txt").write_bytes(b"keep")
+    os.chmod(victim, 0o755)
+    trash = data / "trash"
+    if kind == "file":
+        trash.write_bytes(b"")
+    else:
+        trash.symlink_to(victim if kind == "link to a folder" else tmp_path / "nowhere")
+    with caplog.at_level(logging.WARNING, logger="secretsd.controlplane"):
+        host = LocalHost(data)
+    assert "not a usable folder" in caplog.text and "removed in place" in caplog.text
+    host.replace_all("w", {"A": b"0"})
+    for i in range(MAX_OLD_GENERATIONS + 3):
+        host.apply("w", {"A": str(i).encode()}, [])
+    assert len(_generations(host, "w")) == MAX_OLD_GENERATIONS + 1
+    assert sorted(os.listdir(victim)) == ["important.txt", "sub"] and oct(victim.stat().st_mode & 0o777) == "0o755"
+
+
+def test_what_stays_in_the_trash_is_logged_once(tmp_path, caplog) -> None:
+    import logging
+
+    host = LocalHost(tmp_path / "data")
+    trash = host._trash
+    assert trash is not None and trash.path is not None
+    stuck = trash.path / "..gen-00000001.0123456789abcdef"
+    stuck.mkdir()
+    (stuck / "K").write_bytes(b"cAnArY-stuck")
+    with caplog.at_level(logging.WARNING, logger="secretsd.controlplane"):
+        original = hosts_mod.empty_trash
+        hosts_mod.empty_trash = lambda path: {stuck.name: "Operation not permitted"}
+        try:
+            for _ in range(3):
+                trash.kick()
+                assert trash.wait_empty()
+        finally:
+            hosts_mod.empty_trash = original
+    assert caplog.text.count(f"cannot remove {stuck.name}") == 1 and "cAnArY" not in caplog.text
+    trash.kick()
+    assert trash.wait_empty() and os.listdir(trash.path) == []

@@ -293,19 +293,37 @@ class _Trash:
     filesystem as the folders (else the writer removes in place). A kick
     starts the thread if none runs; it empties the trash until no kick came
     during a pass, then ends. Leftovers of a stopped server go at the first
-    kick after a restart (the constructor gives one).
+    kick after a restart (the constructor gives one). If ``DATA/trash`` is
+    anything but a real folder (a link, a file), it is not used at all:
+    generations are removed in place and the log says why.
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
+        self.path: Path | None = path
         self._lock = threading.Lock()
         self._again = False
         self._thread: threading.Thread | None = None
+        self._reported: set[str] = set()  # entries whose staying was logged (once each)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:  # ELOOP (a link), ENOTDIR (a file), ...
+            _log.warning("%s is not a usable folder (%s): superseded generations are removed in place; "
+                         "remove it and restart to use it", path, os.strerror(exc.errno or 0))
+            self.path = None
+            return
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
         self.kick()
 
     def kick(self) -> None:
+        if self.path is None:
+            return
         with self._lock:
             self._again = True
             if self._thread is None:
@@ -313,6 +331,7 @@ class _Trash:
                 self._thread.start()
 
     def _run(self) -> None:
+        assert self.path is not None
         while True:
             with self._lock:
                 if not self._again:
@@ -320,11 +339,13 @@ class _Trash:
                     return
                 self._again = False
             try:
-                warnings = empty_trash(self.path)
-            except OSError as exc:  # the trash itself unusable: writers then remove in place
-                warnings = [f"cannot empty {self.path}: {os.strerror(exc.errno or 0)}"]
-            for w in warnings:
-                _log.warning("%s", w)  # generation names only, never a value
+                stayed = empty_trash(self.path)
+            except OSError as exc:  # the trash itself unusable (replaced meanwhile): writers then remove in place
+                stayed = {str(self.path): os.strerror(exc.errno or 0)}
+            for name, why in sorted(stayed.items()):
+                if name not in self._reported:  # once per entry, not on every pass
+                    _log.warning("cannot remove %s from %s: %s", name, self.path, why)  # names only, never a value
+            self._reported = set(stayed)
 
     def wait_empty(self, timeout: float = 10.0) -> bool:
         """For tests and tools: True once no pass runs or is due."""

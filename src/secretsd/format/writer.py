@@ -34,6 +34,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -159,7 +160,7 @@ def _loader_version(data: bytes) -> int:
 def _gen_seq(name: str) -> int | None:
     if name.startswith(GEN_PREFIX):
         tail = name[len(GEN_PREFIX):]
-        if tail.isdigit():
+        if tail.isascii() and tail.isdigit():  # not "..gen-٣": str.isdigit takes any script's digits
             return int(tail)
     return None
 
@@ -204,54 +205,79 @@ def _thread_lock(key: str) -> threading.Lock:
         return _process_locks.setdefault(key, threading.Lock())
 
 
-def empty_trash(trash: str | os.PathLike[str]) -> list[str]:
-    """Remove everything writers moved into ``trash`` (``SecretsDir(trash=)``);
-    warnings (entry names, never a value) for what stayed.
+def empty_trash(trash: str | os.PathLike[str]) -> dict[str, str]:
+    """Remove everything writers moved into ``trash`` (``SecretsDir(trash=)``).
+    Returns what stayed: {entry name: why}, names only, never a value.
 
-    ``rm -rf`` in a child process does it: a removal is mostly waiting on
-    the disk, but the Python work between those waits would take the GIL
-    from the writers that ``trash`` exists to keep fast (measured: 30 % more
-    folder writes per second). GNU rm never follows a link and stays on one
-    filesystem here, which the entries need: they are generation folders
-    the workspace could have tampered with. Without ``rm``, it is done
-    in-process, fd-relative, with the same care."""
+    The entries are generation folders the workspace could have tampered
+    with, so nothing here follows a link: the trash itself is opened with
+    ``O_NOFOLLOW`` and used through that descriptor only, and an entry with
+    a mount point inside (``/proc/self/mountinfo``; a bind mount from the
+    same filesystem looks like any folder to ``rm``) is left alone.
+    ``rm -rf`` in a child process removes the rest: a removal is mostly
+    waiting on the disk, but the Python work between those waits would
+    take the GIL from the writers the trash exists to keep fast (measured:
+    30 % more folder writes per second). What ``rm`` leaves, or all of it
+    when ``rm`` cannot run, is retried in-process, fd-relative, which names
+    the reason for each entry that still stays."""
     try:
-        names = sorted(os.listdir(trash))
+        tfd = os.open(trash, _DIR_NOFOLLOW)
     except FileNotFoundError:
-        return []
-    warnings: list[str] = []
-    for i in range(0, len(names), 512):  # well under ARG_MAX
-        chunk = names[i : i + 512]
-        try:
-            done = subprocess.run(
-                ["rm", "-rf", "--one-file-system", "--", *chunk], cwd=trash, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
-            )
-        except OSError:
-            return warnings + _empty_here(trash)
-        if done.returncode != 0:
-            first = done.stderr.decode(errors="replace").strip().splitlines()[:1]
-            warnings.append(f"cannot empty {trash} entirely: {first[0] if first else f'rm exited {done.returncode}'}")
-    return warnings
-
-
-def _empty_here(trash: str | os.PathLike[str]) -> list[str]:
-    warnings = []
-    tfd = os.open(trash, _DIR_NOFOLLOW)
+        return {}
     try:
-        for name in os.listdir(tfd):
+        names = sorted(os.listdir(tfd))
+        if not names:
+            return {}
+        stayed = dict.fromkeys(_holding_mounts(tfd, names), "a mount point inside it: unmount it")
+        todo = [n for n in names if n not in stayed]
+        for i in range(0, len(todo), 512):  # well under ARG_MAX
             try:
-                if stat.S_ISDIR(os.stat(name, dir_fd=tfd, follow_symlinks=False).st_mode):
-                    shutil.rmtree(name, dir_fd=tfd)
-                else:
-                    os.unlink(name, dir_fd=tfd)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                warnings.append(f"cannot remove {name} from the trash: {os.strerror(exc.errno or 0)}")
+                subprocess.run(["rm", "-rf", "--", *todo[i : i + 512]], cwd=f"/proc/self/fd/{tfd}", pass_fds=(tfd,),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               check=False)
+            except OSError:
+                break  # no rm, or no /proc: all of it in-process below
+        left = set(os.listdir(tfd)) & set(todo)
+        if left:
+            stayed.update(_remove_here(tfd, sorted(left)))
+        return stayed
     finally:
         os.close(tfd)
-    return warnings
+
+
+def _holding_mounts(tfd: int, names: list[str]) -> set[str]:
+    """The entries of the trash (fd) that have a mount point somewhere inside."""
+    try:
+        top = os.readlink(f"/proc/self/fd/{tfd}")
+        with open("/proc/self/mountinfo", "rb") as fh:
+            lines = fh.read().decode(errors="surrogateescape").splitlines()
+    except OSError:
+        return set()
+    held = set()
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        # Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point.startswith(top + "/"):
+            held.add(point[len(top) + 1 :].split("/", 1)[0])
+    return held & set(names)
+
+
+def _remove_here(tfd: int, names: list[str]) -> dict[str, str]:
+    stayed = {}
+    for name in names:
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=tfd, follow_symlinks=False).st_mode):
+                shutil.rmtree(name, dir_fd=tfd)
+            else:
+                os.unlink(name, dir_fd=tfd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            stayed[name] = os.strerror(exc.errno or 0)
+    return stayed
 
 
 class SecretsDir:
@@ -501,8 +527,11 @@ class SecretsDir:
         cur_seq = _gen_seq(gen) if gen else None
         for name, ent in names.items():
             seq = _gen_seq(name)
+            # Newer than ..data: unfinished. As new as ..data under another name
+            # ("..gen-1" beside "..gen-00000001"): never ours, and it would
+            # make two generations with one number.
             orphan = name.startswith(TMP_PREFIX) or (
-                seq is not None and name != gen and (cur_seq is None or seq > cur_seq)
+                seq is not None and name != gen and (cur_seq is None or seq >= cur_seq)
             )
             if orphan:
                 self._remove(fd, name)
@@ -559,8 +588,9 @@ class SecretsDir:
         cur = _gen_seq(gen) if gen else None
         if cur is None:
             return []
-        old = sorted(
-            (seq, e) for e in entries if (seq := _gen_seq(e.name)) is not None and seq < cur
+        old = sorted(  # by name too: two old ones may share a number ("..gen-1", "..gen-00000001")
+            ((seq, e) for e in entries if (seq := _gen_seq(e.name)) is not None and seq < cur),
+            key=lambda pair: (pair[0], pair[1].name),
         )
         if not old or (excess_only and len(old) <= MAX_OLD_GENERATIONS):
             return []  # nothing to stat: the common case on every write

@@ -40,6 +40,7 @@ class Row:
     errors: int = 0
     cpu_ms: float | None = None  # server CPU (user+sys) per request
     usr_ms: float | None = None  # of which user (Python); sys grows with the disk's contention (fsync, journal)
+    client_ms: float | None = None  # the load generator's own CPU per request (it shares the two cores)
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -233,12 +234,14 @@ def main() -> int:
             if args.only and args.only not in name:
                 return None
             u0, s0 = cpu_times(proc.pid)
+            c0 = time.process_time()
             lat, errors, dt = asyncio.run(
                 run_clients(port, clients, max(1, total // clients), keys, same_ws=same_ws, rate=rate))
+            c1 = time.process_time()
             u1, s1 = cpu_times(proc.pid)
             n_ok = max(1, len(lat))
             return Row(name, len(lat) / dt, pct(lat, 50), pct(lat, 99), len(lat), errors,
-                       (u1 - u0 + s1 - s0) * 1000 / n_ok, (u1 - u0) * 1000 / n_ok)
+                       (u1 - u0 + s1 - s0) * 1000 / n_ok, (u1 - u0) * 1000 / n_ok, (c1 - c0) * 1000 / n_ok)
 
         api = [
             scenario("API, 1 client, 1 key", 1, 1, n),
@@ -254,11 +257,12 @@ def main() -> int:
         proc.terminate()
         proc.wait(10)
     print(f"\n{'scenario':34s} {'ops/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'n':>6s} {'errors':>6s} {'cpu ms/op':>9s}"
-          f" {'usr ms/op':>9s}")
+          f" {'usr ms/op':>9s} {'client ms':>9s}")
     for r in rows:
         cpu = f"{r.cpu_ms:9.2f}" if r.cpu_ms is not None else f"{'-':>9s}"
         usr = f"{r.usr_ms:9.2f}" if r.usr_ms is not None else f"{'-':>9s}"
-        print(f"{r.name:34s} {r.ops:8.0f} {r.p50:8.2f} {r.p99:8.2f} {r.n:6d} {r.errors:6d} {cpu} {usr}")
+        client = f"{r.client_ms:9.2f}" if r.client_ms is not None else f"{'-':>9s}"
+        print(f"{r.name:34s} {r.ops:8.0f} {r.p50:8.2f} {r.p99:8.2f} {r.n:6d} {r.errors:6d} {cpu} {usr} {client}")
     paced = next((r for r in rows if "paced" in r.name), None)
     c32 = next((r for r in rows if r.name == "API, 32 clients, 1 key"), None)
     if paced:

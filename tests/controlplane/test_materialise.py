@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import pytest
 
-import secretsd.controlplane.hosts as hosts_mod
 from secretsd.controlplane.hosts import LocalHost
 from secretsd.runtime.base import WorkspaceStartFailed
 
@@ -354,14 +353,14 @@ def test_what_stays_in_the_trash_is_logged_once(tmp_path, caplog) -> None:
     stuck.mkdir()
     (stuck / "K").write_bytes(b"cAnArY-stuck")
     with caplog.at_level(logging.WARNING, logger="secretsd.controlplane"):
-        original = hosts_mod.empty_trash
-        hosts_mod.empty_trash = lambda path: {stuck.name: "Operation not permitted"}
+        # This trash only: other tests' hosts may still run their own passes.
+        original, trash.empty = trash.empty, lambda path: {stuck.name: "Operation not permitted"}
         try:
             for _ in range(3):
                 trash.kick()
                 assert trash.wait_empty()
         finally:
-            hosts_mod.empty_trash = original
-    assert caplog.text.count(f"cannot remove {stuck.name}") == 1 and "cAnArY" not in caplog.text
+            trash.empty = original
+    assert caplog.text.count(f"cannot remove {stuck.name} from {trash.path}") == 1 and "cAnArY" not in caplog.text
     trash.kick()
     assert trash.wait_empty() and os.listdir(trash.path) == []

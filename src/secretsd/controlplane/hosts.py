@@ -304,6 +304,7 @@ class _Trash:
         self._again = False
         self._thread: threading.Thread | None = None
         self._reported: set[str] = set()  # entries whose staying was logged (once each)
+        self.empty = empty_trash  # one pass over the trash: {entry: why it stayed}
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -339,7 +340,7 @@ class _Trash:
                     return
                 self._again = False
             try:
-                stayed = empty_trash(self.path)
+                stayed = self.empty(self.path)
             except OSError as exc:  # the trash itself unusable (replaced meanwhile): writers then remove in place
                 stayed = {str(self.path): os.strerror(exc.errno or 0)}
             for name, why in sorted(stayed.items()):

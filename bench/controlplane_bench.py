@@ -221,8 +221,10 @@ def main() -> int:
                     help="extra argument for `secretsd serve` (repeat), e.g. --serve-arg=--threads=4")
     ap.add_argument("--only", default=None, metavar="TEXT",
                     help="run only the API scenarios whose name contains TEXT (e.g. '32 clients, 1 key')")
+    ap.add_argument("--n", type=int, default=None, metavar="N",
+                    help="requests per scenario unit (default 400, --quick 100; the 32-client rows send 4N)")
     args = ap.parse_args()
-    n = 100 if args.quick else 400
+    n = args.n or (100 if args.quick else 400)
     parent = Path(args.data or Path(__file__).resolve().parents[1] / "var")
     parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-", dir=parent))

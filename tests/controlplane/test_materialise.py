@@ -131,7 +131,9 @@ def test_host_failure_is_502_pending_then_healed(make_env: Callable[..., Env], t
     body = r.json()
     assert body["persisted"] is False and body["versions"] == {"A": 2, "B": 1} and "error" in body
     assert body["failed_workspaces"] == ["w1"]
-    assert sorted(env.client.get("/cp/admin/workspaces/w1").json()["pending"]) == ["A", "B"]
+    shown = env.client.get("/cp/admin/workspaces/w1").json()
+    assert sorted(shown["pending"]) == ["A", "B"] and shown["materialised"] is False
+    assert [w["materialised"] for w in env.client.get("/cp/admin/workspaces").json()["workspaces"]] == [False]
     assert "secretsd_pending_writes 2.0" in env.client.get("/metrics").text
     # A retry while the host is still broken replays the failure, with no new version.
     again = env.push("w1", {"A": "2", "B": "x"}, headers={"Idempotency-Key": "retry-me"})
@@ -141,7 +143,9 @@ def test_host_failure_is_502_pending_then_healed(make_env: Callable[..., Env], t
     ok = env.push("w1", {"A": "2", "B": "x"}, headers={"Idempotency-Key": "retry-me"})
     assert ok.status_code == 200 and ok.json()["persisted"] is True and ok.json()["versions"] == {"A": 2, "B": 1}
     assert env.folder("w1") == {"A": b"2", "B": b"x"}
-    assert env.client.get("/cp/admin/workspaces/w1").json()["pending"] == []
+    shown = env.client.get("/cp/admin/workspaces/w1").json()
+    assert shown["pending"] == [] and shown["materialised"] is True
+    assert [w["materialised"] for w in env.client.get("/cp/admin/workspaces").json()["workspaces"]] == [True]
     assert "secretsd_pending_writes 0.0" in env.client.get("/metrics").text
 
 

@@ -30,6 +30,8 @@ def _info(cp: ControlPlane, ws: Workspace, *, materialised: bool | None = None, 
     if detail:
         cp.service.flush_pending()
     pending = cp.store.pending_for(ws.id) if detail else []
+    if detail and materialised is None:
+        materialised = not pending  # the folder holds what the store has
     return WorkspaceInfo(id=ws.id, template=ws.template, env_names=ws.env_names, created_at=iso(ws.created_at),
                          materialised=materialised, state=state, pending=pending)
 
@@ -86,7 +88,9 @@ def _undo(cp: ControlPlane, ws_id: str, request: Request) -> None:
 
 @router.get(BASE, response_model=WorkspaceList, summary="List workspaces")
 def list_workspaces(cp: CP) -> WorkspaceList:
-    return WorkspaceList(workspaces=[_info(cp, w) for w in cp.store.list_workspaces()])
+    cp.service.flush_pending()
+    behind = set(cp.store.pending_workspaces())
+    return WorkspaceList(workspaces=[_info(cp, w, materialised=w.id not in behind) for w in cp.store.list_workspaces()])
 
 
 @router.get(BASE + "/{workspace_id}", response_model=WorkspaceInfo, summary="Show a workspace")

@@ -115,7 +115,9 @@ class WorkspaceInfo(BaseModel):
     template: str | None
     env_names: list[str] = Field(description="names in the create-time snapshot (never values)")
     created_at: str
-    materialised: bool | None = None
+    materialised: bool | None = Field(
+        default=None, description="true: the folder holds what the store has; false: a folder write is pending "
+        "(the next write or materialisation applies it); null: not known (a deleted workspace)")
     state: str | None = Field(default=None, description="runtime state, when a runtime is configured")
     pending: list[str] = Field(default_factory=list, description="keys whose folder write is pending")
 

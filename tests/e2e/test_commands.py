@@ -59,10 +59,17 @@ def test_verify_restart_passes_on_a_guarded_workspace_and_fails_without_guard(se
     res = json.loads(bad.stdout)["results"][0]
     assert res["pushed"] and res["restarted"] and not res["ok"] and res["removed"]
     assert res["found"].startswith(("missing", "different"))
+    # --all checks what runs; a secrets-only workspace (no template) is listed as skipped, not failed.
+    client.create("e2e-verify-so")
+    every = run("verify-restart", "--all", "--json", *common)
+    report = json.loads(every.stdout)
+    checked = {r["workspace"]: r for r in report["results"]}
+    assert "e2e-verify-so" in report["skipped"] and "e2e-verify-so" not in checked
+    assert checked["e2e-verify"]["ok"] and not checked["e2e-verify-ng"]["ok"] and every.returncode == 1
     # The canaries are gone again, and no value was printed or logged.
-    for ws in ("e2e-verify", "e2e-verify-ng"):
+    for ws in ("e2e-verify", "e2e-verify-ng", "e2e-verify-so"):
         assert not [s for s in client.secrets(ws) if s["name"].startswith("VERIFY_CANARY_")]
-    for out in (ok.stdout, ok2.stdout, bad.stdout, ok.stderr, server.log.read_text()):
+    for out in (ok.stdout, ok2.stdout, bad.stdout, every.stdout, ok.stderr, server.log.read_text()):
         assert not VALUE_RE.search(out) and "line two" not in out
     # Usage errors: clear, exit 2, no traceback.
     u = run("verify-restart", "--url", server.url)

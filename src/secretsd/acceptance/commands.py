@@ -71,21 +71,27 @@ def verify_restart(url: str, workspace: str | None, all_: bool, token: str | Non
     reader = sandbox_reader(data)
     with Client(url, tok) as client:
         try:
-            ids = [w["id"] for w in client.workspaces()] if all_ else [workspace]
+            listed = client.workspaces() if all_ else [{"id": workspace, "template": "?"}]
         except ApiFailure as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_FAILURE)
-        checks = [verify_workspace(client, reader, ws, mode) for ws in ids if ws]
+        # --all: a secrets-only workspace (no template) runs nothing, so there is no process to check.
+        skipped = sorted(w["id"] for w in listed if not w.get("template"))
+        checks = [verify_workspace(client, reader, w["id"], mode) for w in listed if w.get("template")]
     ok = bool(checks) and all(c.ok for c in checks)
     if as_json:
-        click.echo(to_json(checks))
+        click.echo(to_json(checks, skipped))
     else:
         con = _console()
         con.print(table(checks, f"verify-restart ({mode}) against {url}"))
         for c in checks:
             if c.error:
                 con.print(f"[red]{c.workspace}: {c.error}[/]")
-        con.print(f"{sum(c.ok for c in checks)}/{len(checks)} workspaces passed")
+        if skipped:
+            con.print(f"skipped {len(skipped)} secrets-only workspace(s), no template, nothing runs: "
+                      f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}")
+        con.print(f"{sum(c.ok for c in checks)}/{len(checks)} workspaces passed"
+                  + ("" if checks else ": nothing to verify"))
     sys.exit(0 if ok else EXIT_FAILURE)
 
 

@@ -100,9 +100,10 @@ def verify_workspace(client: Client, reader: EnvReader, ws: str, mode: str = "re
     return check
 
 
-def to_json(checks: list[Check]) -> str:
-    return json.dumps({"ok": all(c.ok for c in checks), "passed": sum(c.ok for c in checks),
-                       "total": len(checks), "results": [asdict(c) for c in checks]}, indent=2)
+def to_json(checks: list[Check], skipped: list[str] | None = None) -> str:
+    return json.dumps({"ok": bool(checks) and all(c.ok for c in checks), "passed": sum(c.ok for c in checks),
+                       "total": len(checks), "results": [asdict(c) for c in checks],
+                       "skipped": skipped or []}, indent=2)
 
 
 def table(checks: list[Check], title: str) -> object:

@@ -180,3 +180,33 @@ def test_a_global_push_waiting_for_a_held_folder_holds_up_no_other_workspace(mak
     assert out["g"].status_code == 200
     assert env.folder("a") == {"OWN": b"a2", "G": b"g"} and env.folder("held") == {"OWN": b"held", "G": b"g"}
     assert env.folder("b") == {"OWN": b"b", "G": b"g"}
+
+
+@pytest.mark.parametrize("how", ["dangling", "outside", "generation-removed", "value-is-a-link"])
+def test_a_damaged_folder_is_rewritten_whole_alone_and_in_a_group(make_env: Callable[..., Env], tmp_path,
+                                                                   how: str) -> None:
+    """A push into a folder the workspace user damaged answers 200 only with every stored key in it
+    (it dropped the keys it could not read, with persisted: true, before)."""
+    from tests.format.test_batch import _damage
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "K2").write_bytes(b"not ours")
+    env = make_env()
+    assert env.push(None, {"G": "g"}).status_code == 200
+    for ws in ("lone", "d1", "d2", "ok"):
+        env.create(ws)
+        assert env.push(ws, {"K1": "1", "K2": "2", "K3": "3"}).status_code == 200
+    host = env.app.state.cp.host
+    _damage(host.secrets_dir("lone"), how, outside)
+    r = env.push("lone", {"K1": "new"})
+    assert r.status_code == 200 and r.json()["persisted"] is True
+    assert env.folder("lone") == {"G": b"g", "K1": b"new", "K2": b"2", "K3": b"3"}
+    for ws in ("d1", "d2"):
+        _damage(host.secrets_dir(ws), how, outside)
+    res = _grouped_pushes(env, {ws: {"K1": f"new-{ws}"} for ws in ("d1", "d2", "ok")})
+    assert all(r.status_code == 200 and r.json()["persisted"] is True for r in res.values()), res
+    for ws in ("d1", "d2", "ok"):
+        assert env.folder(ws) == {"G": b"g", "K1": f"new-{ws}".encode(), "K2": b"2", "K3": b"3"}
+        assert env.client.get(f"/cp/admin/workspaces/{ws}").json()["pending"] == []
+    assert (outside / "K2").read_bytes() == b"not ours" and os.listdir(outside) == ["K2"]

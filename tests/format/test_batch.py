@@ -8,6 +8,7 @@ import errno
 import fcntl
 import os
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -216,3 +217,62 @@ def test_a_folder_wiped_mid_batch_is_reported_missing_not_recreated(tmp_path: Pa
     # Without must_exist (the CLI's `secretsd set`), a folder is created as before.
     assert apply_batch([FolderChange(sds[1], {"K1": b"new"})]) == [None]
     assert read_dir(sds[1].path).values == {"K1": b"new"}
+
+
+def _damage(sd: SecretsDir, how: str, outside: Path) -> None:
+    """What a workspace user (who owns the folder) can do to the current generation."""
+    data = sd.path / "..data"
+    gen = sd.path / os.readlink(data)
+    if how == "dangling":
+        os.unlink(data)
+        os.symlink("..gen-99999999", data)
+    elif how == "outside":
+        os.unlink(data)
+        os.symlink(str(outside), data)
+    elif how == "not-a-generation":
+        (sd.path / "..mine").mkdir()
+        (sd.path / "..mine" / "K2").write_bytes(b"planted")
+        os.unlink(data)
+        os.symlink("..mine", data)
+    elif how == "generation-removed":
+        shutil.rmtree(gen)
+    elif how == "generation-is-a-link":
+        shutil.rmtree(gen)
+        os.symlink(str(outside), gen)
+    elif how == "value-is-a-link":
+        os.unlink(gen / "K2")
+        os.symlink(str(outside / "K2"), gen / "K2")
+    elif how == "value-is-a-fifo":
+        os.unlink(gen / "K2")
+        os.mkfifo(gen / "K2")
+    else:
+        raise AssertionError(how)
+
+
+DAMAGE = ["dangling", "outside", "not-a-generation", "generation-removed", "generation-is-a-link",
+          "value-is-a-link", "value-is-a-fifo"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_folder_is_reported_missing_for_a_full_rewrite(tmp_path: Path, how: str) -> None:
+    """An incremental write (must_exist: the control plane's write-through) must not build on a
+    damaged generation: it would carry forward only the keys it could read and drop the others."""
+    from secretsd.format.writer import FolderMissing
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "K2").write_bytes(b"not ours")
+    sds = _folders(tmp_path, 2)
+    for sd in sds:
+        sd.replace_all({"K1": b"1", "K2": b"2", "K3": b"3"})
+    _damage(sds[1], how, outside)
+    res = apply_batch([FolderChange(sd, {"K1": b"new"}, must_exist=True) for sd in sds])
+    assert res[0] is None and isinstance(res[1], FolderMissing), res
+    with pytest.raises(FolderMissing):
+        sds[1].apply({"K1": b"new"}, must_exist=True)
+    assert (outside / "K2").read_bytes() == b"not ours" and os.listdir(outside) == ["K2"]
+    # The full rewrite the caller then does heals it.
+    sds[1].replace_all({"K1": b"new", "K2": b"2", "K3": b"3"})
+    assert read_dir(sds[1].path).values == {"K1": b"new", "K2": b"2", "K3": b"3"}
+    assert sds[1].apply({"K1": b"newer"}, must_exist=True) is None
+    assert read_dir(sds[1].path).values == {"K1": b"newer", "K2": b"2", "K3": b"3"}

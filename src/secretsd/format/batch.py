@@ -85,7 +85,7 @@ def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) 
                 results[i] = exc
                 continue
             try:
-                plan = sd._plan(fd, update, change.delete)
+                plan = sd._plan(fd, update, change.delete, intact=change.must_exist)
                 if plan is None:
                     continue  # already holds exactly that
                 s = _Staged(i, sd, fd, plan, deferred=sync.defers(fd, len(changes)))

@@ -492,9 +492,20 @@ class SecretsDir:
                     values[name] = data
         return values
 
-    def _generation_values(self, fd: int, gen: str | None) -> dict[str, bytes]:
+    def _generation_values(self, fd: int, gen: str | None, *, intact: bool = False) -> dict[str, bytes]:
+        """The values of generation ``gen``. ``intact``: FolderMissing unless it is
+        there and every key in it reads (an incremental write would otherwise
+        carry forward only what it could read, and drop the rest)."""
         with self._opened_gen(fd, gen) as gfd:
-            return {} if gfd is None else self._values(gfd, os.listdir(gfd))
+            if gfd is None:
+                if intact:
+                    raise FolderMissing(f"{self.path}: the current generation is missing: it needs a full rewrite")
+                return {}
+            names = os.listdir(gfd)
+            values = self._values(gfd, names)
+            if intact and any(n not in values and self._is_key(n) for n in names):
+                raise FolderMissing(f"{self.path}: a key of the current generation is unreadable: it needs a full rewrite")
+            return values
 
     @staticmethod
     def _hand_names(entries: list[os.DirEntry[str]]) -> list[str]:
@@ -504,10 +515,10 @@ class SecretsDir:
     def _hand_files(self, entries: list[os.DirEntry[str]], fd: int) -> dict[str, bytes]:
         return self._values(fd, self._hand_names(entries))
 
-    def _current(self, fd: int, scan: tuple[str | None, list[os.DirEntry[str]]] | None = None,
-                 ) -> tuple[str | None, dict[str, bytes], dict[str, bytes]]:
+    def _current(self, fd: int, scan: tuple[str | None, list[os.DirEntry[str]]] | None = None, *,
+                 intact: bool = False) -> tuple[str | None, dict[str, bytes], dict[str, bytes]]:
         gen, entries = scan or self._scan(fd)
-        return gen, self._generation_values(fd, gen), self._hand_files(entries, fd)
+        return gen, self._generation_values(fd, gen, intact=intact), self._hand_files(entries, fd)
 
     # ------------------------------------------------------------- recovery
 
@@ -877,7 +888,8 @@ class SecretsDir:
         with self._locked(create=not must_exist) as fd:
             if must_exist:
                 self._check_exists(fd)
-            plan = self._plan(fd, update, delete, replace=replace, expected=expected, missing_ok=missing_ok)
+            plan = self._plan(fd, update, delete, replace=replace, expected=expected, missing_ok=missing_ok,
+                              intact=must_exist)
             if plan is not None:
                 gen = self._commit(fd, plan.gen, plan.old, plan.new, plan.gens)
                 self._collect(fd, excess_only=not self.collect_on_write, gens=plan.after(gen))
@@ -907,16 +919,27 @@ class SecretsDir:
         replace: bool = False,
         expected: Mapping[str, str | None] | None = None,
         missing_ok: bool = True,
+        intact: bool = False,
     ) -> _Plan | None:
         """Under the lock: recover, then what the change makes of the folder,
         or None when the folder already holds exactly that. The folder is
-        listed once (again only if recovery or adoption changed it)."""
+        listed once (again only if recovery or adoption changed it).
+
+        ``intact``: the caller changes a folder it believes holds a known set
+        (the control plane's write-through): FolderMissing, for a full rewrite,
+        when the folder cannot be trusted to hold it: ``..data`` missing or not
+        ours (dangling, pointing elsewhere), its generation gone or not a
+        folder, or a key in it unreadable (replaced by a link or a fifo).
+        Checked before recovery, which would set a foreign ``..data`` aside
+        and leave an empty folder to build on."""
         delete = list(delete)
         scan = self._scan(fd)
+        if intact and (scan[0] is None or _gen_seq(scan[0]) is None):
+            raise FolderMissing(f"{self.path}: ..data is missing or not ours: it needs a full rewrite")
         if self._recover(fd, scan):
             scan = self._scan(fd)
         self._ensure_loader(fd)  # touches load.sh only: the listing stays good
-        gen, gen_values, hand = self._current(fd, scan)
+        gen, gen_values, hand = self._current(fd, scan, intact=intact)
         hand, refused = self._split_hand(hand)
         for key, reason in refused.items():
             if not replace:
@@ -931,7 +954,7 @@ class SecretsDir:
             # real change below is one swap.
             self._adopt(fd, gen, gen_values, hand)
             scan = self._scan(fd)
-            gen, gen_values, hand = self._current(fd, scan)
+            gen, gen_values, hand = self._current(fd, scan, intact=intact)
         current = gen_values
         for key, want in (expected or {}).items():
             have = current.get(key)
@@ -1080,7 +1103,8 @@ class SecretsDir:
     ) -> None:
         """All-or-nothing batch. Deleting an absent key is not an error here.
         ``must_exist``: FolderMissing instead of creating a folder that is gone or
-        has no generation (a caller that can rewrite it whole should)."""
+        has no generation, or of building on a damaged one (``_plan``'s
+        ``intact``): a caller that can rewrite it whole should."""
         self._change(set, delete, expected=expected, must_exist=must_exist)
 
     def replace_all(self, env: Mapping[str, bytes]) -> None:

@@ -210,3 +210,35 @@ def test_a_damaged_folder_is_rewritten_whole_alone_and_in_a_group(make_env: Call
         assert env.folder(ws) == {"G": b"g", "K1": f"new-{ws}".encode(), "K2": b"2", "K3": b"3"}
         assert env.client.get(f"/cp/admin/workspaces/{ws}").json()["pending"] == []
     assert (outside / "K2").read_bytes() == b"not ours" and os.listdir(outside) == ["K2"]
+
+
+def test_a_folder_at_load_sh_is_replaced_not_a_502_forever(make_env: Callable[..., Env], caplog) -> None:
+    """`rm load.sh; mkdir load.sh` by the workspace user made every write to that workspace, and so
+    every global push, a 502 until the user removed it."""
+    env = make_env()
+    for ws in ("w1", "w2"):
+        env.create(ws)
+        assert env.push(ws, {"A": "1"}).status_code == 200
+    loader = env.data / "workspaces" / "w1" / "configs" / "secrets.d" / "load.sh"
+    loader.unlink()
+    (loader / "sub").mkdir(parents=True)
+    (loader / "sub" / "f").write_bytes(b"x")
+    assert env.push("w1", {"B": "2"}).status_code == 200
+    assert loader.is_file() and not loader.is_symlink() and env.folder("w1") == {"A": b"1", "B": b"2"}
+    loader.unlink()
+    loader.mkdir()
+    r = env.push(None, {"G": "g"})
+    assert r.status_code == 200 and r.json()["failed_workspaces"] == [], r.text
+    assert loader.is_file() and env.folder("w1") == {"A": b"1", "B": b"2", "G": b"g"}
+
+
+def test_a_failed_folder_write_is_logged_by_name(make_env: Callable[..., Env], caplog) -> None:
+    env = make_env()
+    env.create("w1")
+    assert env.push("w1", {"A": "1"}).status_code == 200
+    (env.data / "workspaces" / "w1" / "configs" / "secrets.d" / "HAND").write_bytes(b"x\0y")  # refused
+    with caplog.at_level(logging.WARNING, logger="secretsd.controlplane"):
+        r = env.push("w1", {"A": "cAnArY-logged"})
+    assert r.status_code == 502
+    assert "folder write failed, left pending" in caplog.text and "workspace w1: HAND" in caplog.text
+    assert "cAnArY" not in caplog.text

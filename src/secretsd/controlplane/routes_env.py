@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
@@ -27,6 +28,7 @@ from secretsd.format.rules import FormatError, Rules
 from secretsd.store import GLOBAL, Change, NotFound
 
 router = APIRouter(tags=["secrets"])
+log = logging.getLogger("secretsd.controlplane")
 
 WsId = Annotated[str, Path(pattern=WORKSPACE_ID_PATTERN, description="workspace id")]
 Name = Annotated[str, Path(max_length=1024, description="variable name")]
@@ -42,6 +44,13 @@ GL = "/cp/admin/env"
 
 def _label(owner: str) -> str | None:
     return owner or None
+
+
+def _count_failures(cp: ControlPlane, failures: dict[str, HostError]) -> None:
+    """Count and log folder writes left pending (workspaces, keys and reasons: never a value)."""
+    cp.metrics.writethrough_failures.inc(len(failures))
+    for _, f in sorted(failures.items()):
+        log.warning("folder write failed, left pending (the next materialisation applies it): %s", f)
 
 
 def _failure_status(failures: dict[str, HostError]) -> int:
@@ -122,7 +131,7 @@ def _finish(cp: ControlPlane, owner: str, keys: list[str], result: WriteResult, 
     res = PushResult(workspace_id=_label(owner), keys=keys, versions=result.change.versions, persisted=True)
     status = 200
     if not result.persisted:
-        cp.metrics.writethrough_failures.inc(len(result.failures))
+        _count_failures(cp, result.failures)
         status = _failure_status(result.failures)
         res.persisted = False
         res.failed_workspaces = sorted(result.failures)
@@ -179,7 +188,7 @@ def _answer(cp: ControlPlane, res: Any, result: Any) -> Any:
     """200 with ``res``, or, when the folder write failed, 502/503 saying which workspaces."""
     if result.persisted:
         return res
-    cp.metrics.writethrough_failures.inc(len(result.failures))
+    _count_failures(cp, result.failures)
     res.persisted = False
     res.failed_workspaces = sorted(result.failures)
     res.error = _failure_text(result.failures)

@@ -866,6 +866,12 @@ class SecretsDir:
                 return
         tmp = f"{TMP_PREFIX}{LOADER_NAME}"
         self._remove(fd, tmp)
+        if st is None:
+            try:  # a folder made at its name would make the rename below fail (EISDIR) at every write
+                if stat.S_ISDIR(os.stat(LOADER_NAME, dir_fd=fd, follow_symlinks=False).st_mode):
+                    self._remove(fd, LOADER_NAME)
+            except FileNotFoundError:
+                pass
         try:
             self._write_file(fd, tmp, src, LOADER_MODE, LOADER_NAME)
             os.rename(tmp, LOADER_NAME, src_dir_fd=fd, dst_dir_fd=fd)

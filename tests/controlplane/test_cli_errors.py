@@ -118,3 +118,26 @@ def test_a_wrong_encryption_key_refuses_to_start(tmp_path: Path) -> None:
     line = _one_clean_line(res)
     assert "encryption key" in line and "wrong encryption key" in line
     assert "canary-key-7e2" not in res.stdout + res.stderr
+
+
+def test_a_damaged_ciphertext_row_refuses_to_start_in_one_line(tmp_path: Path) -> None:
+    """A row too short to be a ciphertext (a damaged database) printed a traceback at start."""
+    import sqlite3
+
+    from secretsd.store.crypto import KeyRing
+    from secretsd.store.engine import default_url
+    from secretsd.store.store import Store
+
+    data = tmp_path / "var"
+    data.mkdir()
+    store = Store.open(default_url(data), KeyRing.load(data))
+    store.create_workspace("w1", None, {}, actor="test")
+    store.put("w1", {"A": b"canary-dmg-51c"}, actor="test")
+    store.close()
+    with sqlite3.connect(data / "secretsd.db") as c:
+        c.execute("UPDATE secret_versions SET blob = x'00112233'")
+    res = serve(data=data)
+    assert res.returncode == 1, res.stderr
+    line = _one_clean_line(res)
+    assert "damaged" in line and "Traceback" not in res.stderr
+    assert "canary-dmg-51c" not in res.stdout + res.stderr

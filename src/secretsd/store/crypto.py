@@ -171,3 +171,8 @@ class KeyRing:
                 f"a stored value does not decrypt with key version {key_version}: "
                 "wrong encryption key (restore the key file or SECRETSD_ENCRYPTION_KEY)"
             ) from None
+        except ValueError:  # too short to hold a nonce and a tag: the row itself is damaged
+            raise KeyRingError(
+                f"a stored value (key version {key_version}) is damaged: not an AES-GCM ciphertext "
+                "(restore the database from a backup)"
+            ) from None

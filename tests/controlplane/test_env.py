@@ -247,3 +247,9 @@ def test_the_budget_counts_the_create_time_environment(make_env) -> None:
     r = env.client.post("/cp/admin/workspaces", json={"id": "w2", "env": {f"X{i}": big for i in range(10)}})
     assert r.status_code == 413 and "create-time environment" in r.json()["error"], r.text
     assert env.client.get("/cp/admin/workspaces/w2").status_code == 404
+    # One variable over the kernel's limit for one string (128 KiB): 413 naming it, nothing created.
+    r = env.client.post("/cp/admin/workspaces", json={"id": "w3", "env": {"OK": "x", "HUGE": "h" * 140_000}})
+    assert r.status_code == 413 and r.json()["key"] == "HUGE" and "too large" in r.text, r.text
+    r = env.client.post("/cp/admin/workspaces", json={"id": "w3", "env": {"1BAD": "x", "HUGE": "h" * 140_000}})
+    assert r.status_code == 400 and {p["key"] for p in r.json()["problems"]} == {"1BAD", "HUGE"}, r.text
+    assert env.client.get("/cp/admin/workspaces/w3").status_code == 404

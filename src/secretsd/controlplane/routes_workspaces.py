@@ -12,7 +12,7 @@ from secretsd.controlplane.errors import ApiError, SafeJSONResponse
 from secretsd.controlplane.hosts import HostError
 from secretsd.controlplane.routes_env import WsId
 from secretsd.controlplane.schemas import NoBody, RestartRequest, RestartResult, WorkspaceCreate, WorkspaceInfo, WorkspaceList
-from secretsd.format.rules import NAME_RE
+from secretsd.format.rules import NAME_RE, env_string_size
 from secretsd.store import Workspace
 
 router = APIRouter(tags=["workspaces"])
@@ -36,9 +36,12 @@ def _info(cp: ControlPlane, ws: Workspace, *, materialised: bool | None = None, 
                          materialised=materialised, state=state, pending=pending)
 
 
-def _check_snapshot(env: dict[str, str]) -> None:
-    """The create-time environment becomes a process environment: portable names, no NUL, valid UTF-8."""
+def _check_snapshot(cp: ControlPlane, env: dict[str, str]) -> None:
+    """The create-time environment becomes a process environment: portable names, no NUL, valid
+    UTF-8, and each NAME=value within the kernel's limit for one string (else every exec fails)."""
     bad: list[dict[str, str]] = []
+    too_large = 0
+    limit = cp.service.rules.max_env_string
     for name, value in env.items():
         if not NAME_RE.fullmatch(name) or len(name) > 255:
             bad.append({"key": name, "error": "invalid name: must match ^[A-Za-z_][A-Za-z0-9_]*$"})
@@ -46,17 +49,22 @@ def _check_snapshot(env: dict[str, str]) -> None:
             bad.append({"key": name, "error": "value contains a NUL byte"})
         else:
             try:
-                value.encode()
+                size = env_string_size(name, value.encode())
             except UnicodeEncodeError:
                 bad.append({"key": name, "error": "value is not well-formed UTF-8"})
+                continue
+            if size > limit:
+                too_large += 1
+                bad.append({"key": name, "error": f"value too large: NAME=value takes {size} bytes, limit {limit}"})
     if bad:
-        raise ApiError(400, "invalid create-time environment: " + ", ".join(p["key"] for p in bad[:10]),
+        raise ApiError(413 if too_large == len(bad) else 400,
+                       "invalid create-time environment: " + ", ".join(p["key"] for p in bad[:10]),
                        key=bad[0]["key"], problems=bad[:50])
 
 
 @router.post(BASE, response_model=WorkspaceInfo, status_code=201, summary="Create (and provision) a workspace")
 def create_workspace(body: WorkspaceCreate, request: Request, cp: CP) -> Any:
-    _check_snapshot(body.env)
+    _check_snapshot(cp, body.env)
     cp.service.check_snapshot(body.env)
     ws = cp.store.create_workspace(body.id, body.template, body.env, actor=actor_of(request))
     cp.service.forget_workspace(ws.id)

@@ -226,3 +226,14 @@ def test_group_commit_refuses_only_the_bad_pushes(server: Server) -> None:
     ok = {body["versions"]["K"]: i for i, (code, body) in out.items() if code == 200}
     assert sorted(ok) == list(range(1, n - n // 4 + 1))
     assert folder(server.data, "g") == {"K": f"v{ok[max(ok)]}".encode()}
+
+
+def test_fastapi_opentelemetry_is_off_unless_asked_for(tmp_path) -> None:
+    """FastAPI's own OpenTelemetry layer costs CPU on every request even with no provider: off by
+    default, on with ``serve --otel`` (AppConfig.otel)."""
+    from secretsd.controlplane.app import AppConfig, create_app
+
+    off = create_app(AppConfig(data_dir=tmp_path / "a", admin_token="t" * 40))
+    on = create_app(AppConfig(data_dir=tmp_path / "b", admin_token="t" * 40, otel=True))
+    assert not any(off._telemetry[k] for k in ("tracing", "metrics", "logs"))  # type: ignore[attr-defined]
+    assert all(on._telemetry[k] for k in ("tracing", "metrics", "logs"))  # type: ignore[attr-defined]

@@ -94,8 +94,11 @@ def _open_store(data_dir: Path, url: str | None) -> Any:
 @click.option("--sync", "sync_mode", type=click.Choice(["auto", "fsync"]), default="auto", show_default=True,
               help="auto: folders written together share one syncfs per barrier where that is safe and cheap; "
               "fsync: every folder fsyncs its own files (see docs/operations.md).")
+@click.option("--otel", is_flag=True, envvar="SECRETSD_OTEL",
+              help="FastAPI's OpenTelemetry spans and metrics through the globally configured providers "
+              "(e.g. under opentelemetry-instrument). Off by default: it costs CPU on every request.")
 def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name: str, templates_dir: Path | None,
-          demo: bool, log_level: str, worker_threads: int, sync_mode: str) -> None:
+          demo: bool, log_level: str, worker_threads: int, sync_mode: str, otel: bool) -> None:
     """Run the control plane (FastAPI + uvicorn) with embedded defaults."""
     _no_core_dumps()
     from secretsd.store.dburl import BadDbUrl, given_url
@@ -129,7 +132,7 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
         click.echo("--demo: no workspace runtime, so no example workspaces; serving the API only", err=True)
     try:
         app = create_app(AppConfig(data_dir=data_dir, db_url=url, admin_token=token, worker_threads=worker_threads,
-                                   sync_mode=sync_mode), store=store, runtime=runtime)
+                                   sync_mode=sync_mode, otel=otel), store=store, runtime=runtime)
     except SQLAlchemyError as exc:
         from secretsd.store.dburl import failure_message
         from secretsd.store.engine import default_url

@@ -141,3 +141,14 @@ def test_a_damaged_ciphertext_row_refuses_to_start_in_one_line(tmp_path: Path) -
     line = _one_clean_line(res)
     assert "damaged" in line and "Traceback" not in res.stderr
     assert "canary-dmg-51c" not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(("host", "needle"), [
+    ("256.1.1.1", "does not resolve to an address (choose another --host)"),
+    ("192.0.2.1", "is not an address of this machine (choose another --host)"),  # TEST-NET-1: never local
+])
+def test_a_host_this_machine_cannot_listen_on_names_the_host(tmp_path: Path, host: str, needle: str) -> None:
+    """It said 'Unknown error -2 (choose another --port)'."""
+    res = serve("--host", host, data=tmp_path / "var")
+    assert res.returncode == 1, res.stderr
+    assert needle in _one_clean_line(res)

@@ -98,3 +98,24 @@ def test_exec_126_and_127_like_env_and_documented(folder: Path, tmp_path: Path) 
     readme = (REPO / "README.md").read_text()
     cli_section = readme[readme.index("## CLI"):readme.index("## The API")]
     assert "126" in cli_section and "127" in cli_section
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("setpriv"),
+                    reason="needs root and setpriv to run the CLI as an unprivileged user")
+@pytest.mark.parametrize("args", [["set", "K", "-"], ["init"], ["ls"], ["doctor"]])
+def test_a_folder_behind_a_parent_this_user_cannot_enter_is_a_clear_error(tmp_path: Path, args: list[str]) -> None:
+    """As uid 1000 under a root-only (0700) parent: `set`/`init` printed a traceback (PermissionError
+    from makedirs), `doctor` said the folder does not exist."""
+    from access import reachable_by_others
+
+    if not reachable_by_others(sys.prefix) or not reachable_by_others(Path(__file__).parents[2] / "src"):
+        pytest.skip("the checkout or its virtualenv is not reachable by other users (e.g. a 0700 clone)")
+    os.chmod(tmp_path, 0o755)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    argv = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups", sys.executable, "-m", "secretsd.cli",
+            *args, "--dir", str(private / "secrets.d")]
+    res = subprocess.run(argv, input=b"v", capture_output=True, timeout=60)
+    assert res.returncode == 1, res
+    assert b"Traceback" not in res.stderr and b"Permission denied" in res.stderr, res.stderr
+    assert b"does not exist" not in res.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -122,7 +123,14 @@ def serve(data_dir: Path, host: str, port: int, db_url: str | None, runtime_name
     try:
         sock = socket.create_server((host, port))
     except OSError as exc:
-        click.echo(f"error: cannot listen on {host}:{port}: {os.strerror(exc.errno or 0)} (choose another --port)", err=True)
+        code = exc.errno or 0
+        if code < 0:  # a resolver error: create_server re-raises getaddrinfo's as OSError(-2, ...)
+            why, hint = f"{host!r} does not resolve to an address", "--host"
+        elif code == errno.EADDRNOTAVAIL:
+            why, hint = f"{host!r} is not an address of this machine", "--host"
+        else:
+            why, hint = os.strerror(code), "--port"
+        click.echo(f"error: cannot listen on {host}:{port}: {why} (choose another {hint})", err=True)
         sys.exit(1)
     port = sock.getsockname()[1]
     store = _open_store(data_dir, url)

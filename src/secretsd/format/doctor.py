@@ -52,8 +52,14 @@ def diagnose(sd: SecretsDir) -> list[Finding]:
     root = str(sd.path)
     if os.path.islink(root):
         return [Finding("error", "NOT_A_FOLDER", f"{root} is a symlink; the writer refuses it")]
-    if not os.path.isdir(root):
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
         return [Finding("error", "MISSING", f"{root} does not exist (run `secretsd init`)")]
+    except OSError as exc:  # e.g. a parent this user cannot enter: not the same as missing
+        return [Finding("error", "UNREADABLE", f"cannot look at {root}: {os.strerror(exc.errno or 0)}")]
+    if not stat.S_ISDIR(st.st_mode):
+        return [Finding("error", "NOT_A_FOLDER", f"{root} is not a folder")]
     out: list[Finding] = _attrs(root, DIR_MODE, sd, root, "DRIFT")
     loader = os.path.join(root, LOADER_NAME)
     if not os.path.isfile(loader) or os.path.islink(loader):

@@ -328,7 +328,10 @@ class SecretsDir:
     def _open_dir(self, create: bool) -> int:
         """Open the folder without following any link below ``base``."""
         if create and not self._base_given:
-            os.makedirs(self.base, mode=0o755, exist_ok=True)
+            try:
+                os.makedirs(self.base, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise _oserror(None, f"create {self.base}", exc) from None
         try:
             fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:

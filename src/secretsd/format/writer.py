@@ -157,6 +157,7 @@ def _loader_version(data: bytes) -> int:
     return 0
 
 
+@functools.lru_cache(maxsize=4096)  # every write of a busy folder looks at the same 30-odd names
 def _gen_seq(name: str) -> int | None:
     if name.startswith(GEN_PREFIX):
         tail = name[len(GEN_PREFIX):]

@@ -182,7 +182,8 @@ def test_a_global_push_waiting_for_a_held_folder_holds_up_no_other_workspace(mak
     assert env.folder("b") == {"OWN": b"b", "G": b"g"}
 
 
-@pytest.mark.parametrize("how", ["dangling", "outside", "generation-removed", "value-is-a-link"])
+@pytest.mark.parametrize("how", ["dangling", "outside", "generation-removed", "value-is-a-link", "key-removed",
+                                 "keys-removed", "value-edited"])
 def test_a_damaged_folder_is_rewritten_whole_alone_and_in_a_group(make_env: Callable[..., Env], tmp_path,
                                                                    how: str) -> None:
     """A push into a folder the workspace user damaged answers 200 only with every stored key in it
@@ -242,3 +243,36 @@ def test_a_failed_folder_write_is_logged_by_name(make_env: Callable[..., Env], c
     assert r.status_code == 502
     assert "folder write failed, left pending" in caplog.text and "workspace w1: HAND" in caplog.text
     assert "cAnArY" not in caplog.text
+
+
+def test_a_deep_tree_at_load_sh_is_removed_and_fails_no_other_workspace(make_env: Callable[..., Env]) -> None:
+    """A folder at load.sh nested deeper than Python recurses (shutil.rmtree raised RecursionError: a 500,
+    and a global push stopped before the other workspaces)."""
+    import subprocess
+
+    env = make_env()
+    for ws in ("a-deep", "b-ok", "c-ok"):
+        env.create(ws)
+        assert env.push(ws, {"OWN": ws}).status_code == 200
+    p = env.data / "workspaces" / "a-deep" / "configs" / "secrets.d"
+    (p / "load.sh").unlink()
+    fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in ["load.sh"] + ["a"] * 1500:
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    try:
+        assert env.push("a-deep", {"OWN": "x"}).status_code == 200
+        assert (p / "load.sh").is_file() and env.folder("a-deep") == {"OWN": b"x"}
+        (p / "load.sh").unlink()
+        (p / "load.sh").mkdir()
+        env.app.state.cp.service.fan_out_batch = 2  # stands for more than 64 workspaces
+        g = env.push(None, {"G": "g"})
+        assert g.status_code == 200, g.text
+        assert all(env.folder(ws).get("G") == b"g" for ws in ("a-deep", "b-ok", "c-ok"))
+    finally:  # pytest's own temp cleanup recurses too
+        subprocess.run(["rm", "-rf", str(p / "load.sh")], check=False)

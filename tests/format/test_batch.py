@@ -245,12 +245,24 @@ def _damage(sd: SecretsDir, how: str, outside: Path) -> None:
     elif how == "value-is-a-fifo":
         os.unlink(gen / "K2")
         os.mkfifo(gen / "K2")
+    elif how == "key-removed":  # `rm secrets.d/..data/K2`
+        os.unlink(gen / "K2")
+    elif how == "keys-removed":  # `rm secrets.d/..data/*` (the glob leaves .load-cache.sh)
+        for name in ("K1", "K2", "K3"):
+            os.unlink(gen / name)
+    elif how == "key-renamed":
+        os.rename(gen / "K2", gen / "K9")
+    elif how == "value-edited":  # in place, a regular file with other bytes
+        (gen / "K2").write_bytes(b"edited")
+    elif how == "cache-removed":
+        os.unlink(gen / ".load-cache.sh")
     else:
         raise AssertionError(how)
 
 
 DAMAGE = ["dangling", "outside", "not-a-generation", "generation-removed", "generation-is-a-link",
-          "value-is-a-link", "value-is-a-fifo"]
+          "value-is-a-link", "value-is-a-fifo", "key-removed", "keys-removed", "key-renamed", "value-edited",
+          "cache-removed"]
 
 
 @pytest.mark.parametrize("how", DAMAGE)

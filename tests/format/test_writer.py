@@ -234,7 +234,9 @@ def test_kill_9_at_any_instant_leaves_old_or_new(tmp_path: Path, iterations: int
     t0 = time.monotonic()
     for i in range(1, 4):
         s.replace_all(batch(i))
-    window = 3 * (time.monotonic() - t0) / 3
+    # Twice the time of three batches: the forked writer also pays its start, and on a busy
+    # machine it is descheduled; kills still land at every step of a batch.
+    window = 2 * (time.monotonic() - t0)
     last = 3
     seen_progress = 0
     for it in range(iterations):

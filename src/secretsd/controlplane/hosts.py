@@ -373,6 +373,8 @@ def host_error(ws: str, exc: BaseException) -> HostError | None:
         return HostError(ws, exc.reason, key=exc.key)
     if isinstance(exc, SecretsDirError):
         return HostError(ws, str(exc))
+    if isinstance(exc, RecursionError):  # a tree nested deeper than Python recurses, made in the folder
+        return HostError(ws, "a folder inside is nested too deep to handle")
     if isinstance(exc, OSError):
         code = errno.errorcode.get(exc.errno or 0, "E?")
         return HostError(ws, f"{os.strerror(exc.errno or 0)} ({code})", transient=exc.errno in _TRANSIENT)

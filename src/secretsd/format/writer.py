@@ -246,6 +246,20 @@ def empty_trash(trash: str | os.PathLike[str]) -> dict[str, str]:
         os.close(tfd)
 
 
+def _rm_rf(dir_fd: int, name: str) -> None:
+    """``rm -rf`` of one entry of the folder ``dir_fd`` (any depth; never follows a link)."""
+    try:
+        subprocess.run(["rm", "-rf", "--", name], cwd=f"/proc/self/fd/{dir_fd}", pass_fds=(dir_fd,),
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    except OSError:
+        pass  # no rm, or no /proc: reported below
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    raise OSError(errno.ENOTEMPTY, f"cannot remove {name}: nested too deep")
+
+
 def _holding_mounts(tfd: int, names: list[str]) -> set[str]:
     """The entries of the trash (fd) that have a mount point somewhere inside."""
     try:
@@ -507,8 +521,15 @@ class SecretsDir:
                 return {}
             names = os.listdir(gfd)
             values = self._values(gfd, names)
-            if intact and any(n not in values and self._is_key(n) for n in names):
-                raise FolderMissing(f"{self.path}: a key of the current generation is unreadable: it needs a full rewrite")
+            if intact:
+                if any(n not in values and self._is_key(n) for n in names):
+                    raise FolderMissing(f"{self.path}: a key of the current generation is unreadable: it needs a full rewrite")
+                # The cache was written with the generation, from the same values: a key
+                # removed or renamed since, a value edited in place, or a cache gone all show.
+                cache = self._read_file(gfd, loadcache.CACHE_NAME, limit=4 * self.rules.total_budget + 65536)
+                if cache != loadcache.render(values):
+                    raise FolderMissing(f"{self.path}: the current generation differs from what was written: "
+                                        "it needs a full rewrite")
             return values
 
     @staticmethod
@@ -585,7 +606,10 @@ class SecretsDir:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(name, dir_fd=fd)  # fd-based, never follows links
+            try:
+                shutil.rmtree(name, dir_fd=fd)  # fd-based, never follows links
+            except RecursionError:  # nested deeper than Python recurses (the workspace user can make one)
+                _rm_rf(fd, name)
         else:
             os.unlink(name, dir_fd=fd)
 

@@ -237,3 +237,5 @@ def test_fastapi_opentelemetry_is_off_unless_asked_for(tmp_path) -> None:
     on = create_app(AppConfig(data_dir=tmp_path / "b", admin_token="t" * 40, otel=True))
     assert not any(off._telemetry[k] for k in ("tracing", "metrics", "logs"))  # type: ignore[attr-defined]
     assert all(on._telemetry[k] for k in ("tracing", "metrics", "logs"))  # type: ignore[attr-defined]
+    # With telemetry, pushes take FastAPI's full handler (its dependency and endpoint spans).
+    assert off.state.full_handlers is False and on.state.full_handlers is True

@@ -112,6 +112,7 @@ def create_app(
     app.include_router(routes_admin.router)
     errors.install(app)
     _store_errors(app)
+    app.state.full_handlers = config.otel  # no short lanes past FastAPI (routes_env._PushRoute)
     app.state.cp = ControlPlane(
         store=store, host=host, service=service, tokens=tokens, metrics=metrics, runtime=runtime,
         idempotency_secret=hashlib.sha256(b"secretsd-idempotency\0" + token.encode()).digest(),

@@ -228,6 +228,8 @@ async def _plain_push(request: Request) -> EnvPush | None:
     """The push body when the request is the plain, valid kind (JSON, a valid workspace
     id, no Idempotency-Key), else None: FastAPI's own handler then takes it, errors and all.
     Parsed and validated as FastAPI does it (``json.loads``, then the model in Python mode)."""
+    if request.app.state.full_handlers:  # serve --otel: FastAPI's dependency and endpoint spans too
+        return None
     headers = request.headers
     if "idempotency-key" in headers or not _WORKSPACE_ID.fullmatch(request.path_params.get("workspace_id", "")):
         return None
@@ -244,7 +246,9 @@ class _PushRoute(APIRoute):
     straight to the endpoint's work in the thread pool, without FastAPI's dependency
     solving (measured: about a third of the server's per-request CPU at 32 clients, in a
     server whose folder writes were no-ops). Anything else, and every error, takes the full
-    handler, so answers and the OpenAPI description are the route's own."""
+    handler, so answers and the OpenAPI description are the route's own. (The lane reads
+    the control plane from ``app.state``, not through ``Depends(get_cp)``: overrides of
+    ``get_cp`` reach only the full handler.)"""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         full = super().get_route_handler()

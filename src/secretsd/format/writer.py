@@ -512,8 +512,10 @@ class SecretsDir:
 
     def _generation_values(self, fd: int, gen: str | None, *, intact: bool = False) -> dict[str, bytes]:
         """The values of generation ``gen``. ``intact``: FolderMissing unless it is
-        there and every key in it reads (an incremental write would otherwise
-        carry forward only what it could read, and drop the rest)."""
+        there, every key in it reads, and its loader cache is the one written with
+        those values (an incremental write would otherwise carry forward only what
+        it finds, and drop the rest). A cache from a writer with other loader rules
+        (an upgrade) counts as a difference too: one full rewrite, then it matches."""
         with self._opened_gen(fd, gen) as gfd:
             if gfd is None:
                 if intact:
@@ -963,9 +965,10 @@ class SecretsDir:
         (the control plane's write-through): FolderMissing, for a full rewrite,
         when the folder cannot be trusted to hold it: ``..data`` missing or not
         ours (dangling, pointing elsewhere), its generation gone or not a
-        folder, or a key in it unreadable (replaced by a link or a fifo).
-        Checked before recovery, which would set a foreign ``..data`` aside
-        and leave an empty folder to build on."""
+        folder, a key in it unreadable (replaced by a link or a fifo), or the
+        generation no longer what was written (``_generation_values``). The
+        ``..data`` check comes before recovery, which would set a foreign
+        ``..data`` aside and leave an empty folder to build on."""
         delete = list(delete)
         scan = self._scan(fd)
         if intact and (scan[0] is None or _gen_seq(scan[0]) is None):

@@ -256,15 +256,7 @@ def test_a_deep_tree_at_load_sh_is_removed_and_fails_no_other_workspace(make_env
         assert env.push(ws, {"OWN": ws}).status_code == 200
     p = env.data / "workspaces" / "a-deep" / "configs" / "secrets.d"
     (p / "load.sh").unlink()
-    fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for name in ["load.sh"] + ["a"] * 1500:
-            os.mkdir(name, dir_fd=fd)
-            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    finally:
-        os.close(fd)
+    _deep_tree(p, "load.sh")
     try:
         assert env.push("a-deep", {"OWN": "x"}).status_code == 200
         assert (p / "load.sh").is_file() and env.folder("a-deep") == {"OWN": b"x"}
@@ -274,5 +266,22 @@ def test_a_deep_tree_at_load_sh_is_removed_and_fails_no_other_workspace(make_env
         g = env.push(None, {"G": "g"})
         assert g.status_code == 200, g.text
         assert all(env.folder(ws).get("G") == b"g" for ws in ("a-deep", "b-ok", "c-ok"))
+        # Deleting the workspace removes such a tree too (its rmtree was a 500).
+        _deep_tree(p, "junk")
+        assert env.client.delete("/cp/admin/workspaces/a-deep").status_code == 200
+        assert not (env.data / "workspaces" / "a-deep").exists()
     finally:  # pytest's own temp cleanup recurses too
-        subprocess.run(["rm", "-rf", str(p / "load.sh")], check=False)
+        subprocess.run(["rm", "-rf", str(env.data / "workspaces" / "a-deep")], check=False)
+
+
+def _deep_tree(parent, top: str, depth: int = 1500) -> None:
+    """``parent/top/a/a/...``, deeper than Python recurses."""
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in [top] + ["a"] * depth:
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)

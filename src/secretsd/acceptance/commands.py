@@ -71,13 +71,14 @@ def verify_restart(url: str, workspace: str | None, all_: bool, token: str | Non
     reader = sandbox_reader(data)
     with Client(url, tok) as client:
         try:
-            listed = client.workspaces() if all_ else [{"id": workspace, "template": "?"}]
+            listed = client.workspaces() if all_ else []
         except ApiFailure as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_FAILURE)
         # --all: a secrets-only workspace (no template) runs nothing, so there is no process to check.
+        ids = [w["id"] for w in listed if w.get("template")] if all_ else [workspace]
         skipped = sorted(w["id"] for w in listed if not w.get("template"))
-        checks = [verify_workspace(client, reader, w["id"], mode) for w in listed if w.get("template")]
+        checks = [verify_workspace(client, reader, ws, mode) for ws in ids if ws]
     ok = bool(checks) and all(c.ok for c in checks)
     if as_json:
         click.echo(to_json(checks, skipped))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import threading
 import time
 from collections import deque
@@ -32,6 +31,7 @@ from secretsd.format.writer import (
     SecretsDirError,
     WriteError,
     empty_trash,
+    remove_entry,
 )
 
 _log = logging.getLogger("secretsd.controlplane")
@@ -169,12 +169,12 @@ class LocalHost:
     def remove(self, workspace: str) -> None:
         if self._collector is not None:
             self._collector.forget(workspace)
-        path = self.base / self.configs_dir(workspace).parent.name
-        # rmtree uses fd-relative calls and never follows links below the top.
-        if path.is_symlink():
-            path.unlink()
-        elif path.exists():
-            shutil.rmtree(path)
+        name = self.configs_dir(workspace).parent.name
+        fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            remove_entry(fd, name)  # fd-relative, never follows a link, any depth
+        finally:
+            os.close(fd)
 
     def secrets_dir(self, workspace: str) -> SecretsDir:
         """The writer for one folder (tests and tools read it back with it)."""
@@ -373,8 +373,6 @@ def host_error(ws: str, exc: BaseException) -> HostError | None:
         return HostError(ws, exc.reason, key=exc.key)
     if isinstance(exc, SecretsDirError):
         return HostError(ws, str(exc))
-    if isinstance(exc, RecursionError):  # a tree nested deeper than Python recurses, made in the folder
-        return HostError(ws, "a folder inside is nested too deep to handle")
     if isinstance(exc, OSError):
         code = errno.errorcode.get(exc.errno or 0, "E?")
         return HostError(ws, f"{os.strerror(exc.errno or 0)} ({code})", transient=exc.errno in _TRANSIENT)

@@ -12,7 +12,7 @@ from secretsd.controlplane.errors import ApiError, SafeJSONResponse
 from secretsd.controlplane.hosts import HostError
 from secretsd.controlplane.routes_env import WsId
 from secretsd.controlplane.schemas import NoBody, RestartRequest, RestartResult, WorkspaceCreate, WorkspaceInfo, WorkspaceList
-from secretsd.format.rules import NAME_RE, env_string_size
+from secretsd.format.rules import NAME_RE, FormatError
 from secretsd.store import Workspace
 
 router = APIRouter(tags=["workspaces"])
@@ -41,21 +41,17 @@ def _check_snapshot(cp: ControlPlane, env: dict[str, str]) -> None:
     UTF-8, and each NAME=value within the kernel's limit for one string (else every exec fails)."""
     bad: list[dict[str, str]] = []
     too_large = 0
-    limit = cp.service.rules.max_env_string
     for name, value in env.items():
-        if not NAME_RE.fullmatch(name) or len(name) > 255:
+        if not NAME_RE.fullmatch(name) or len(name) > 255:  # reserved names are fine here: it is not the folder
             bad.append({"key": name, "error": "invalid name: must match ^[A-Za-z_][A-Za-z0-9_]*$"})
-        elif "\0" in value:
-            bad.append({"key": name, "error": "value contains a NUL byte"})
-        else:
-            try:
-                size = env_string_size(name, value.encode())
-            except UnicodeEncodeError:
-                bad.append({"key": name, "error": "value is not well-formed UTF-8"})
-                continue
-            if size > limit:
-                too_large += 1
-                bad.append({"key": name, "error": f"value too large: NAME=value takes {size} bytes, limit {limit}"})
+            continue
+        try:
+            cp.service.rules.check_value(name, value.encode())  # NUL, one string's size
+        except UnicodeEncodeError:
+            bad.append({"key": name, "error": "value is not well-formed UTF-8"})
+        except FormatError as exc:
+            too_large += exc.too_large
+            bad.append({"key": name, "error": exc.reason})
     if bad:
         raise ApiError(413 if too_large == len(bad) else 400,
                        "invalid create-time environment: " + ", ".join(p["key"] for p in bad[:10]),

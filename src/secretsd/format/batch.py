@@ -76,8 +76,6 @@ def apply_batch(changes: Sequence[FolderChange], sync: BatchSync | None = None) 
             try:
                 update = sd._checked(change.set)
                 fd = locks.enter_context(sd._locked(create=not change.must_exist, wait=False))
-                if change.must_exist:
-                    sd._check_exists(fd)
             except LockTimeout:
                 results[i] = FolderBusy(f"{sd.path}: another writer holds the lock")
                 continue

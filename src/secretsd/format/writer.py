@@ -232,11 +232,7 @@ def empty_trash(trash: str | os.PathLike[str]) -> dict[str, str]:
         stayed = dict.fromkeys(_holding_mounts(tfd, names), "a mount point inside it: unmount it")
         todo = [n for n in names if n not in stayed]
         for i in range(0, len(todo), 512):  # well under ARG_MAX
-            try:
-                subprocess.run(["rm", "-rf", "--", *todo[i : i + 512]], cwd=f"/proc/self/fd/{tfd}", pass_fds=(tfd,),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               check=False)
-            except OSError:
+            if not _rm_rf(tfd, todo[i : i + 512]):
                 break  # no rm, or no /proc: all of it in-process below
         left = set(os.listdir(tfd)) & set(todo)
         if left:
@@ -246,18 +242,38 @@ def empty_trash(trash: str | os.PathLike[str]) -> dict[str, str]:
         os.close(tfd)
 
 
-def _rm_rf(dir_fd: int, name: str) -> None:
-    """``rm -rf`` of one entry of the folder ``dir_fd`` (any depth; never follows a link)."""
+def _rm_rf(dir_fd: int, names: list[str]) -> bool:
+    """``rm -rf`` of entries of the folder ``dir_fd`` in a child process (any depth; never
+    follows a link). False when it could not run (no rm, no /proc); the caller checks
+    what is left."""
     try:
-        subprocess.run(["rm", "-rf", "--", name], cwd=f"/proc/self/fd/{dir_fd}", pass_fds=(dir_fd,),
+        subprocess.run(["rm", "-rf", "--", *names], cwd=f"/proc/self/fd/{dir_fd}", pass_fds=(dir_fd,),
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     except OSError:
-        pass  # no rm, or no /proc: reported below
+        return False
+    return True
+
+
+def remove_entry(dir_fd: int, name: str) -> None:
+    """Remove ``name`` from the folder ``dir_fd`` whatever it is (a file, a link, a tree
+    of any depth), fd-relative, never following a link; absent is fine. The one
+    removal every path here uses: a workspace user can plant any of these."""
     try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return
-    raise OSError(errno.ENOTEMPTY, f"cannot remove {name}: nested too deep")
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    try:
+        shutil.rmtree(name, dir_fd=dir_fd)  # fd-based, never follows links
+    except RecursionError:  # nested deeper than Python recurses (shutil.rmtree recurses before 3.12)
+        _rm_rf(dir_fd, [name])
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        raise OSError(errno.ENOTEMPTY, f"cannot remove {name}: nested too deep") from None
 
 
 def _holding_mounts(tfd: int, names: list[str]) -> set[str]:
@@ -284,10 +300,7 @@ def _remove_here(tfd: int, names: list[str]) -> dict[str, str]:
     stayed = {}
     for name in names:
         try:
-            if stat.S_ISDIR(os.stat(name, dir_fd=tfd, follow_symlinks=False).st_mode):
-                shutil.rmtree(name, dir_fd=tfd)
-            else:
-                os.unlink(name, dir_fd=tfd)
+            remove_entry(tfd, name)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -512,9 +525,9 @@ class SecretsDir:
 
     def _generation_values(self, fd: int, gen: str | None, *, intact: bool = False) -> dict[str, bytes]:
         """The values of generation ``gen``. ``intact``: FolderMissing unless it is
-        there, every key in it reads, and its loader cache is the one written with
-        those values (an incremental write would otherwise carry forward only what
-        it finds, and drop the rest). A cache from a writer with other loader rules
+        there and its loader cache is the one written with the values it holds now
+        (an incremental write would otherwise carry forward only what it finds, and
+        drop the rest). A cache from a writer with other loader rules
         (an upgrade) counts as a difference too: one full rewrite, then it matches."""
         with self._opened_gen(fd, gen) as gfd:
             if gfd is None:
@@ -524,10 +537,9 @@ class SecretsDir:
             names = os.listdir(gfd)
             values = self._values(gfd, names)
             if intact:
-                if any(n not in values and self._is_key(n) for n in names):
-                    raise FolderMissing(f"{self.path}: a key of the current generation is unreadable: it needs a full rewrite")
                 # The cache was written with the generation, from the same values: a key
-                # removed or renamed since, a value edited in place, or a cache gone all show.
+                # removed, renamed, unreadable (a link, a fifo) or edited in place since,
+                # or the cache gone, all show. A readable key it does not name shows too.
                 cache = self._read_file(gfd, loadcache.CACHE_NAME, limit=4 * self.rules.total_budget + 65536)
                 if cache != loadcache.render(values):
                     raise FolderMissing(f"{self.path}: the current generation differs from what was written: "
@@ -603,17 +615,7 @@ class SecretsDir:
         return done
 
     def _remove(self, fd: int, name: str) -> None:
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            try:
-                shutil.rmtree(name, dir_fd=fd)  # fd-based, never follows links
-            except RecursionError:  # nested deeper than Python recurses (the workspace user can make one)
-                _rm_rf(fd, name)
-        else:
-            os.unlink(name, dir_fd=fd)
+        remove_entry(fd, name)
 
     def _collect(self, fd: int, *, excess_only: bool = False, gens: Mapping[str, int] | None = None) -> list[str]:
         """Remove superseded generations once no reader can still need them
@@ -881,6 +883,7 @@ class SecretsDir:
             st = None
         if st is not None and _LOADER_OK.get(str(self.path)) == _signature(st):
             return  # the very file whose bytes we checked: any write, chmod or chown changes ctime
+        found = st
         cur, st = self._read_file_stat(fd, LOADER_NAME)
         # Any difference is rewritten, not only an older version: the
         # workspace user owns the folder, and the entrypoint's root pass
@@ -896,12 +899,9 @@ class SecretsDir:
                 return
         tmp = f"{TMP_PREFIX}{LOADER_NAME}"
         self._remove(fd, tmp)
-        if st is None:
-            try:  # a folder made at its name would make the rename below fail (EISDIR) at every write
-                if stat.S_ISDIR(os.stat(LOADER_NAME, dir_fd=fd, follow_symlinks=False).st_mode):
-                    self._remove(fd, LOADER_NAME)
-            except FileNotFoundError:
-                pass
+        if found is not None and stat.S_ISDIR(found.st_mode):
+            # A folder made at its name would make the rename below fail (EISDIR) at every write.
+            self._remove(fd, LOADER_NAME)
         try:
             self._write_file(fd, tmp, src, LOADER_MODE, LOADER_NAME)
             os.rename(tmp, LOADER_NAME, src_dir_fd=fd, dst_dir_fd=fd)
@@ -922,21 +922,11 @@ class SecretsDir:
     ) -> None:
         update = self._checked(update)
         with self._locked(create=not must_exist) as fd:
-            if must_exist:
-                self._check_exists(fd)
             plan = self._plan(fd, update, delete, replace=replace, expected=expected, missing_ok=missing_ok,
                               intact=must_exist)
             if plan is not None:
                 gen = self._commit(fd, plan.gen, plan.old, plan.new, plan.gens)
                 self._collect(fd, excess_only=not self.collect_on_write, gens=plan.after(gen))
-
-    def _check_exists(self, fd: int) -> None:
-        """FolderMissing unless the folder has a generation (checked under the lock: a
-        folder wiped meanwhile must be rewritten whole, not re-created with one batch)."""
-        try:
-            os.readlink(DATA, dir_fd=fd)
-        except OSError:
-            raise FolderMissing(f"{self.path}: no generation (the folder was wiped): it needs a full rewrite") from None
 
     def _checked(self, update: Mapping[str, bytes] | None) -> dict[str, bytes]:
         """The update, refused before any lock is taken if a pair breaks the rules."""
